@@ -1,0 +1,68 @@
+# rtaas: robust transfer learning as a service.
+#   make          build build/librtengine.a, build/librtengine.so and build/rtaas
+#   make deps     install the Debian packages the build and the tests need (idempotent)
+#   make test     deps + build + every test suite; ends with "N passed, N failed"
+#   make fuzz     libFuzzer targets, FUZZ_SECONDS each (default 60)
+#   make bench    rtaas against PyTorch on the same work; prints the ratio table
+#   make demo     the main job on the embedded defaults
+#   make clean
+
+CC      ?= gcc
+ARCH    ?= -march=x86-64-v3
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) $(ARCH) -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -fopenmp -fPIC -Iengine
+LDLIBS  := -ldnnl -lopenblas -ljansson -lm -lpthread
+B       := build
+
+ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c)
+ENGINE_OBJ := $(ENGINE_SRC:%.c=$(B)/%.o)
+
+# The CUDA backend is compiled when nvcc and cuDNN are found; nothing needs a GPU to build.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+HAVE_CUDNN := $(shell test -f $(CUDA_HOME)/include/cudnn.h -o -f /usr/include/cudnn.h && echo 1)
+ifneq ($(and $(NVCC),$(HAVE_CUDNN),$(wildcard engine/cuda/*.cu)),)
+  CUDA_SRC  := $(wildcard engine/cuda/*.cu)
+  CUDA_OBJ  := $(CUDA_SRC:%.cu=$(B)/%.o)
+  CFLAGS    += -DRTAAS_HAVE_CUDA -I$(CUDA_HOME)/include
+  NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-Werror -Iengine -DRTAAS_HAVE_CUDA \
+               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
+endif
+
+SERVER_SRC := $(wildcard server/*.c)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o)
+
+.PHONY: all deps test fuzz bench demo clean
+all: $(B)/librtengine.a $(B)/librtengine.so $(B)/rtaas
+
+$(B)/%.o: %.c $(wildcard engine/*.h engine/cpu/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/%.o: %.cu $(wildcard engine/*.h engine/cuda/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(B)/librtengine.a: $(ENGINE_OBJ) $(CUDA_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/librtengine.so: $(ENGINE_OBJ) $(CUDA_OBJ)
+	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+
+$(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
+	$(CC) $(CFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS)
+
+include tests/tests.mk
+include bench/bench.mk
+
+deps:
+	@tools/deps
+
+test: deps all
+	@tests/run
+
+clean:
+	rm -rf $(B)

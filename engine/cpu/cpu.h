@@ -1,0 +1,44 @@
+/* Internal interface of the CPU backend: its per-context state and the convolution paths
+ * (oneDNN primitives, or im2col + OpenBLAS) that ops_cpu.c dispatches to. */
+#ifndef ENG_CPU_H
+#define ENG_CPU_H
+
+#include <dnnl.h>
+
+#include "../backend.h"
+
+typedef struct cpu_impl {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int block;       /* channel block of the activation layout: 8 (AVX2) or 16 (AVX-512) */
+    float *scratch;  /* grows to the largest im2col / temporary buffer asked for */
+    size_t scratch_cap;
+} cpu_impl;
+
+/* Scratch space of at least `floats` floats, owned by the context, valid until the next call. */
+float *cpu_scratch(eng_ctx *ctx, size_t floats);
+
+/* A view of an activation as [N, CB, S, X]: channel c = cb * X + x, spatial s = h * W + w,
+ * element ((n * CB + cb) * S + s) * X + x. Covers NCHW (X = 1), NHWC (CB = 1) and blocked. */
+typedef struct cpu_view {
+    int64_t N, C, CB, S, X, H, W;
+} cpu_view;
+cpu_view cpu_view_of(const eng_tensor *t);
+
+eng_status cpu_dnnl_status(dnnl_status_t s, const char *what);
+
+eng_status cpu_conv_onednn_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
+                               const eng_conv_desc *, eng_op_cache *);
+eng_status cpu_conv_onednn_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                    const eng_conv_desc *, bool, eng_op_cache *);
+eng_status cpu_conv_onednn_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                      const eng_conv_desc *, bool, eng_op_cache *);
+
+eng_status cpu_conv_gemm_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
+                             const eng_conv_desc *);
+eng_status cpu_conv_gemm_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                  const eng_conv_desc *, bool);
+eng_status cpu_conv_gemm_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                    const eng_conv_desc *, bool);
+
+#endif

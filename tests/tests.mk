@@ -1,0 +1,36 @@
+# Test binaries: one per tests/unit/test_*.c, linked against the engine library.
+# tests/run runs them all (and the parity and fuzz suites) and prints the closing line.
+
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/unit/%.c=$(B)/tests/%)
+TEST_LIBS := $(B)/librtengine.a $(LDLIBS)
+
+$(B)/tests/%: tests/unit/%.c tests/t.h $(B)/librtengine.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+
+.PHONY: tests
+tests: $(TEST_BIN)
+all: tests
+
+# libFuzzer targets (clang): one per tests/fuzz/fuzz_*.c, built with ASan and UBSan
+# against the engine sources they name in FUZZ_DEPS_<name>.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
+FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iengine -std=gnu11
+FUZZ_ENGINE  := engine/status.c engine/tensor.c
+
+$(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_ENGINE) $(FUZZ_DEPS_$*) -ljansson -lm
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BIN)
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do \
+	  n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/seeds/$$n || exit 1; \
+	done
