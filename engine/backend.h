@@ -26,7 +26,7 @@ typedef struct eng_backend {
                                eng_tensor *, eng_tensor *, eng_tensor *, eng_tensor *, float, float);
     eng_status (*bn_train_bwd)(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *,
                                const eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *, bool);
-    eng_status (*fold_bn)(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+    eng_status (*fold_bn)(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                           const eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *, float);
     eng_status (*channel_affine_fwd)(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                                      const eng_tensor *, bool);

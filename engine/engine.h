@@ -11,5 +11,7 @@
 #include "ctx.h"
 #include "ops.h"
 #include "model.h"
+#include "safetensors.h"
+#include "weights.h"
 
 #endif

@@ -27,6 +27,8 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
 void eng_model_free(eng_model *m);
 
 const eng_model_spec *eng_model_get_spec(const eng_model *m);
+/* The context the model was built on. */
+eng_ctx *eng_model_ctx(const eng_model *m);
 /* Default input height/width of the architecture (224, 32 or 28); others work too. */
 int eng_model_default_size(const eng_model *m);
 /* Length of the penultimate feature vector (2048 for ResNet-50). */

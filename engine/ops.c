@@ -176,7 +176,8 @@ eng_status eng_bn_train_bwd(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dgamma, en
     return ctx->be->bn_train_bwd(ctx, dx, dgamma, dbeta, dy, x, gamma, save_mean, save_invstd, accumulate);
 }
 
-eng_status eng_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, const eng_tensor *w, const eng_tensor *b,
+eng_status eng_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, eng_tensor *scale, const eng_tensor *w,
+                       const eng_tensor *b,
                        const eng_tensor *gamma, const eng_tensor *beta, const eng_tensor *mean,
                        const eng_tensor *var, float eps)
 {
@@ -185,17 +186,17 @@ eng_status eng_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, const eng_t
     TRY(need(ctx, wf, op, "wf", 4));
     TRY(same(wf, w, op, "wf", "w"));
     int64_t K = w->dim[0];
-    const eng_tensor *vs[] = {bf, b, gamma, beta, mean, var};
-    const char *names[] = {"bf", "b", "gamma", "beta", "mean", "var"};
-    for (int i = 0; i < 6; i++) {
-        if (i == 1 && !b)
+    const eng_tensor *vs[] = {bf, b, gamma, beta, mean, var, scale};
+    const char *names[] = {"bf", "b", "gamma", "beta", "mean", "var", "scale"};
+    for (int i = 0; i < 7; i++) {
+        if ((i == 1 && !b) || (i == 6 && !scale))
             continue;
         TRY(need(ctx, vs[i], op, names[i], 1));
         TRY(vec(vs[i], K, op, names[i]));
     }
     if (!(eps > 0))
         return eng_fail(ENG_ERR_ARG, "%s: eps must be > 0", op);
-    TRY(ctx->be->fold_bn(ctx, wf, bf, w, b, gamma, beta, mean, var, eps));
+    TRY(ctx->be->fold_bn(ctx, wf, bf, scale, w, b, gamma, beta, mean, var, eps));
     wf->version++;
     bf->version++;
     return ENG_OK;

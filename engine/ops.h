@@ -54,8 +54,10 @@ eng_status eng_bn_train_bwd(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dgamma, en
                             const eng_tensor *save_mean, const eng_tensor *save_invstd, bool accumulate);
 
 /* Folds eval-mode batch norm into the convolution before it: with s = gamma / sqrt(var + eps),
- * wf[k] = w[k] * s[k] and bf[k] = beta[k] + (b[k] - mean[k]) * s[k] (b may be NULL: 0). */
-eng_status eng_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, const eng_tensor *w, const eng_tensor *b,
+ * wf[k] = w[k] * s[k] and bf[k] = beta[k] + (b[k] - mean[k]) * s[k] (b may be NULL: 0);
+ * s itself goes to scale [K] unless NULL (the chain rule for w needs it). */
+eng_status eng_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, eng_tensor *scale, const eng_tensor *w,
+                       const eng_tensor *b,
                        const eng_tensor *gamma, const eng_tensor *beta, const eng_tensor *mean,
                        const eng_tensor *var, float eps);
 

@@ -29,12 +29,15 @@ static inline ENG_HD float eng_uniform(uint64_t seed, uint64_t index)
 /* A small sequential generator for host-side work (weight init, shuffles). */
 typedef struct eng_rng {
     uint64_t seed, counter;
+    double spare; /* Box-Muller makes two deviates at a time */
+    int has_spare;
 } eng_rng;
 
 static inline void eng_rng_init(eng_rng *r, uint64_t seed)
 {
     r->seed = seed;
     r->counter = 0;
+    r->has_spare = 0;
 }
 
 static inline uint64_t eng_rng_u64(eng_rng *r) { return eng_hash64(r->seed, r->counter++); }
@@ -42,7 +45,7 @@ static inline uint64_t eng_rng_u64(eng_rng *r) { return eng_hash64(r->seed, r->c
 /* Uniform double in [0, 1) with 53 bits. */
 static inline double eng_rng_uniform(eng_rng *r) { return (double)(eng_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0); }
 
-/* Standard normal by Box-Muller (one value per call; simple and reproducible). */
+/* Standard normal by Box-Muller; reproducible for a given seed and call sequence. */
 double eng_rng_normal(eng_rng *r);
 
 #endif

@@ -27,6 +27,9 @@ typedef enum {
     ENG_ST_BOOL,
 } eng_st_dtype;
 
+/* "F32", "BF16", ...; "?" for a value outside the enum. Static storage. */
+const char *eng_st_dtype_name(eng_st_dtype d);
+
 typedef struct eng_st_entry {
     const char *name;
     eng_st_dtype dtype;

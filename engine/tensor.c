@@ -114,10 +114,12 @@ eng_status eng_tensor_alloc1(eng_tensor *t, int64_t a) { return eng_tensor_alloc
 void eng_tensor_view(eng_tensor *t, float *data, int ndim, const int64_t *dims, eng_layout layout,
                      eng_device dev)
 {
+    int64_t d[4];
+    for (int i = 0; i < 4; i++)
+        d[i] = i < ndim ? dims[i] : 1; /* dims may point into *t */
     memset(t, 0, sizeof *t);
     t->ndim = ndim;
-    for (int i = 0; i < 4; i++)
-        t->dim[i] = i < ndim ? dims[i] : 1;
+    memcpy(t->dim, d, sizeof d);
     t->layout = layout;
     t->data = data;
     t->dev = dev;

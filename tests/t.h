@@ -12,6 +12,7 @@
 static int t_case_failed, t_case_skipped, t_total_failed;
 static char t_skip_reason[256];
 
+#define T_UNUSED __attribute__((unused))
 static void t_failf(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void t_failf(const char *file, int line, const char *fmt, ...)
 {
@@ -54,7 +55,7 @@ static void t_failf(const char *file, int line, const char *fmt, ...)
     } while (0)
 
 /* Marks the running case skipped (it must not also fail). */
-static void t_skip(const char *fmt, ...)
+T_UNUSED static void t_skip(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -82,10 +83,10 @@ static void t_run(const char *name, void (*fn)(void))
 
 #define T_RUN(fn) t_run(#fn, fn)
 
-static int t_exit(void) { return t_total_failed ? 1 : 0; }
+T_UNUSED static int t_exit(void) { return t_total_failed ? 1 : 0; }
 
 /* Relative error ||a - b||_2 / max(||b||_2, tiny), in double. */
-static double t_rel_err(const float *a, const float *b, long n)
+T_UNUSED static double t_rel_err(const float *a, const float *b, long n)
 {
     double num = 0, den = 0;
     for (long i = 0; i < n; i++) {
@@ -97,7 +98,7 @@ static double t_rel_err(const float *a, const float *b, long n)
 }
 
 /* Directory of real datasets shared with the workplace (../shared/data), or NULL if absent. */
-static const char *t_shared_data(void)
+T_UNUSED static const char *t_shared_data(void)
 {
     const char *env = getenv("RTAAS_SHARED_DATA");
     static const char *cands[] = {"../shared/data", "../../shared/data", "/work/shared/data"};

@@ -21,6 +21,7 @@ FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iengine -std=gnu11
 FUZZ_ENGINE  := engine/status.c engine/tensor.c
+FUZZ_DEPS_fuzz_safetensors := engine/safetensors.c
 
 $(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h)
 	@mkdir -p $(dir $@)
@@ -34,3 +35,10 @@ fuzz: $(FUZZ_BIN)
 	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/seeds/$$n || exit 1; \
 	done
+
+# PyTorch parity checker: tests/suites/parity.sh runs it on the references that
+# tests/parity/gen_ref.py writes. Not named test_*, so tests/run never calls it bare.
+$(B)/tests/parity_check: tests/parity/parity.c tests/t.h $(B)/librtengine.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+tests: $(B)/tests/parity_check

@@ -148,3 +148,81 @@ eng_status cpu_conv_gemm_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db
     }
     return ENG_OK;
 }
+
+/* ---- any layout: NCHW copies of blocked operands, freed on return ---- */
+
+typedef struct nchw_copy {
+    eng_tensor t;
+    const eng_tensor *orig;
+} nchw_copy;
+
+/* *use points at src itself when it is NCHW, else at a fresh NCHW copy (converted when `load`). */
+static eng_status as_nchw(eng_ctx *ctx, nchw_copy *c, const eng_tensor *src, bool load, const eng_tensor **use)
+{
+    memset(c, 0, sizeof *c);
+    c->orig = src;
+    if (src->layout == ENG_LAYOUT_NCHW) {
+        *use = src;
+        return ENG_OK;
+    }
+    eng_status s = eng_tensor_alloc_host(&c->t, 4, src->dim, ENG_LAYOUT_NCHW);
+    if (s == ENG_OK && load)
+        s = cpu_relayout(ctx, &c->t, src);
+    *use = &c->t;
+    return s;
+}
+
+/* Writes a converted result back into the caller's (blocked) tensor. */
+static eng_status store_back(eng_ctx *ctx, nchw_copy *c, eng_tensor *dst)
+{
+    return c->t.data ? cpu_relayout(ctx, dst, &c->t) : ENG_OK;
+}
+
+eng_status cpu_conv_gemm_any_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
+                                 const eng_tensor *b, const eng_conv_desc *d)
+{
+    nchw_copy cx, cy;
+    const eng_tensor *ux, *uy;
+    eng_status s = as_nchw(ctx, &cx, x, true, &ux);
+    if (s == ENG_OK)
+        s = as_nchw(ctx, &cy, y, d->accumulate, &uy);
+    if (s == ENG_OK)
+        s = cpu_conv_gemm_fwd(ctx, (eng_tensor *)uy, ux, w, b, d);
+    if (s == ENG_OK)
+        s = store_back(ctx, &cy, y);
+    eng_tensor_cleanup(&cx.t);
+    eng_tensor_cleanup(&cy.t);
+    return s;
+}
+
+eng_status cpu_conv_gemm_any_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *w,
+                                      const eng_conv_desc *d, bool accumulate)
+{
+    nchw_copy cx, cy;
+    const eng_tensor *ux, *uy;
+    eng_status s = as_nchw(ctx, &cy, dy, true, &uy);
+    if (s == ENG_OK)
+        s = as_nchw(ctx, &cx, dx, accumulate, &ux);
+    if (s == ENG_OK)
+        s = cpu_conv_gemm_bwd_data(ctx, (eng_tensor *)ux, uy, w, d, accumulate);
+    if (s == ENG_OK)
+        s = store_back(ctx, &cx, dx);
+    eng_tensor_cleanup(&cx.t);
+    eng_tensor_cleanup(&cy.t);
+    return s;
+}
+
+eng_status cpu_conv_gemm_any_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, const eng_tensor *x,
+                                        const eng_tensor *dy, const eng_conv_desc *d, bool accumulate)
+{
+    nchw_copy cx, cy;
+    const eng_tensor *ux, *uy;
+    eng_status s = as_nchw(ctx, &cx, x, true, &ux);
+    if (s == ENG_OK)
+        s = as_nchw(ctx, &cy, dy, true, &uy);
+    if (s == ENG_OK)
+        s = cpu_conv_gemm_bwd_filter(ctx, dw, db, ux, uy, d, accumulate);
+    eng_tensor_cleanup(&cx.t);
+    eng_tensor_cleanup(&cy.t);
+    return s;
+}

@@ -20,6 +20,8 @@ typedef struct prim {
     dnnl_primitive_desc_t pd;
     dnnl_memory_desc_t w_md;   /* the primitive's (diff_)weights layout */
     int w_plain;               /* w_md is plain oihw: no reorder */
+    int is_ref;                /* oneDNN found only its reference code: the caller uses im2col */
+    dnnl_primitive_t w_reorder; /* oihw -> w_md (fwd, bwd data) or w_md -> oihw (bwd weights) */
     float *w_buf;              /* reordered weights (fwd, bwd data) or raw diff weights (bwd weights) */
     const float *w_src;        /* what w_buf was made from ... */
     uint64_t w_version;        /* ... and at which version */
@@ -33,6 +35,8 @@ typedef struct conv_cache {
 
 static void prim_clear(prim *p)
 {
+    if (p->w_reorder)
+        dnnl_primitive_destroy(p->w_reorder);
     if (p->p)
         dnnl_primitive_destroy(p->p);
     if (p->pd)
@@ -206,7 +210,24 @@ static eng_status prim_build(eng_ctx *ctx, prim *p, const conv_key *k, int kind)
         }
     }
     p->w_plain = dnnl_memory_desc_equal(&p->w_md, &m.w_user);
+    const char *impl = NULL;
+    DN(dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &impl), "implementation query");
+    p->is_ref = impl && strncmp(impl, "ref", 3) == 0;
+    if (p->is_ref) {
+        p->key = *k;
+        p->valid = 1;
+        goto out;
+    }
     DN(dnnl_primitive_create(&p->p, p->pd), "convolution primitive");
+    if (!p->w_plain) {
+        dnnl_primitive_desc_t rpd = NULL;
+        const dnnl_memory_desc_t *from = kind == KIND_BWD_FILTER ? &p->w_md : &m.w_user;
+        const dnnl_memory_desc_t *to = kind == KIND_BWD_FILTER ? &m.w_user : &p->w_md;
+        DN(dnnl_reorder_primitive_desc_create(&rpd, from, im->engine, to, im->engine, NULL), "weights reorder");
+        dnnl_status_t rs = dnnl_primitive_create(&p->w_reorder, rpd);
+        dnnl_primitive_desc_destroy(rpd);
+        DN(rs, "weights reorder");
+    }
     p->key = *k;
     p->valid = 1;
 out:
@@ -224,6 +245,14 @@ static eng_status prim_get(eng_ctx *ctx, prim *p, const conv_key *k, int kind)
     return prim_build(ctx, p, k, kind);
 }
 
+/* oneDNN's reference kernels are orders of magnitude slower than im2col (seconds for the 7x7
+ * stem's backward data): report them so that the dispatcher takes the GEMM path instead. */
+static eng_status ref_only(const prim *p)
+{
+    return p->is_ref ? eng_fail(ENG_ERR_UNSUPPORTED, "onednn: only a reference kernel for this convolution")
+                     : ENG_OK;
+}
+
 /* A oneDNN memory object over caller memory. */
 static eng_status mem(eng_ctx *ctx, dnnl_memory_t *m, const dnnl_memory_desc_t *md, const void *data)
 {
@@ -231,30 +260,23 @@ static eng_status mem(eng_ctx *ctx, dnnl_memory_t *m, const dnnl_memory_desc_t *
     return cpu_dnnl_status(dnnl_memory_create(m, md, im->engine, (void *)data), "memory");
 }
 
-static eng_status reorder(eng_ctx *ctx, const dnnl_memory_desc_t *from_md, const void *from,
+/* Runs the layer's cached weights reorder between caller memory and the primitive's layout. */
+static eng_status reorder(eng_ctx *ctx, prim *p, const dnnl_memory_desc_t *from_md, const void *from,
                           const dnnl_memory_desc_t *to_md, void *to)
 {
     cpu_impl *im = ctx->impl;
     eng_status st = ENG_OK;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t r = NULL;
     dnnl_memory_t a = NULL, b = NULL;
-    DN(dnnl_reorder_primitive_desc_create(&pd, from_md, im->engine, to_md, im->engine, NULL), "reorder");
-    DN(dnnl_primitive_create(&r, pd), "reorder");
     if ((st = mem(ctx, &a, from_md, from)) != ENG_OK || (st = mem(ctx, &b, to_md, to)) != ENG_OK)
         goto out;
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}};
-    DN(dnnl_primitive_execute(r, im->stream, 2, args), "reorder");
+    DN(dnnl_primitive_execute(p->w_reorder, im->stream, 2, args), "reorder");
     DN(dnnl_stream_wait(im->stream), "reorder");
 out:
     if (a)
         dnnl_memory_destroy(a);
     if (b)
         dnnl_memory_destroy(b);
-    if (r)
-        dnnl_primitive_destroy(r);
-    if (pd)
-        dnnl_primitive_desc_destroy(pd);
     return st;
 }
 
@@ -276,7 +298,7 @@ static eng_status weights_for(eng_ctx *ctx, prim *p, const eng_tensor *w, const 
         dnnl_dims_t dw = {w->dim[0], w->dim[1], w->dim[2], w->dim[3]};
         eng_status st = cpu_dnnl_status(dnnl_memory_desc_init_by_tag(&user, 4, dw, dnnl_f32, dnnl_oihw), "weights");
         if (st == ENG_OK)
-            st = reorder(ctx, &user, w->data, &p->w_md, p->w_buf);
+            st = reorder(ctx, p, &user, w->data, &p->w_md, p->w_buf);
         if (st != ENG_OK) {
             p->w_src = NULL;
             return st;
@@ -333,7 +355,8 @@ eng_status cpu_conv_onednn_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x,
     dnnl_exec_arg_t args[4] = {{0}};
     int n = 0;
     const float *wp;
-    if ((st = prim_get(ctx, &c->fwd, &k, KIND_FWD)) != ENG_OK || (st = weights_for(ctx, &c->fwd, w, &wp)) != ENG_OK)
+    if ((st = prim_get(ctx, &c->fwd, &k, KIND_FWD)) != ENG_OK || (st = ref_only(&c->fwd)) != ENG_OK ||
+        (st = weights_for(ctx, &c->fwd, w, &wp)) != ENG_OK)
         goto out;
     conv_mds m;
     if ((st = make_mds(&m, &k)) != ENG_OK)
@@ -374,7 +397,7 @@ eng_status cpu_conv_onednn_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_tens
     int n = 0;
     const float *wp;
     float *target = dx->data;
-    if ((st = prim_get(ctx, &c->bwd_data, &k, KIND_BWD_DATA)) != ENG_OK ||
+    if ((st = prim_get(ctx, &c->bwd_data, &k, KIND_BWD_DATA)) != ENG_OK || (st = ref_only(&c->bwd_data)) != ENG_OK ||
         (st = weights_for(ctx, &c->bwd_data, w, &wp)) != ENG_OK)
         goto out;
     if (accumulate && !(target = tmp_for(&c->bwd_data, (size_t)eng_tensor_storage(dx)))) {
@@ -418,7 +441,7 @@ eng_status cpu_conv_onednn_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *
     prim *p = &c->bwd_filter;
     const int64_t wn = eng_tensor_numel(dw), K = dw->dim[0];
     float *raw = NULL, *bias_out = NULL;
-    if ((st = prim_get(ctx, p, &k, KIND_BWD_FILTER)) != ENG_OK)
+    if ((st = prim_get(ctx, p, &k, KIND_BWD_FILTER)) != ENG_OK || (st = ref_only(p)) != ENG_OK)
         goto out;
     /* Raw diff weights go to w_buf when they need a reorder or an accumulate, and the
      * bias gradient to tmp when it must be added. */
@@ -462,8 +485,8 @@ eng_status cpu_conv_onednn_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *
         if (p->w_plain)
             add_into(dw->data, raw, wn);
         else if (!accumulate)
-            st = reorder(ctx, &p->w_md, raw, &m.w_user, dw->data);
-        else if ((st = reorder(ctx, &p->w_md, raw, &m.w_user, acc_buf)) == ENG_OK)
+            st = reorder(ctx, p, &p->w_md, raw, &m.w_user, dw->data);
+        else if ((st = reorder(ctx, p, &p->w_md, raw, &m.w_user, acc_buf)) == ENG_OK)
             add_into(dw->data, acc_buf, wn);
     }
     if (st == ENG_OK && db && accumulate)

@@ -27,6 +27,9 @@ cpu_view cpu_view_of(const eng_tensor *t);
 
 eng_status cpu_dnnl_status(dnnl_status_t s, const char *what);
 
+/* dst = src between any two layouts of the same shape. */
+eng_status cpu_relayout(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src);
+
 eng_status cpu_conv_onednn_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
                                const eng_conv_desc *, eng_op_cache *);
 eng_status cpu_conv_onednn_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
@@ -40,5 +43,13 @@ eng_status cpu_conv_gemm_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, c
                                   const eng_conv_desc *, bool);
 eng_status cpu_conv_gemm_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                                     const eng_conv_desc *, bool);
+
+/* The GEMM path for tensors in any layout: blocked operands are converted to NCHW around it. */
+eng_status cpu_conv_gemm_any_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                 const eng_conv_desc *);
+eng_status cpu_conv_gemm_any_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
+                                      const eng_conv_desc *, bool);
+eng_status cpu_conv_gemm_any_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *,
+                                        const eng_tensor *, const eng_conv_desc *, bool);
 
 #endif

@@ -90,13 +90,12 @@ static void cpu_tensor_free(eng_ctx *ctx, eng_tensor *t)
     eng_tensor_cleanup(t);
 }
 
-static eng_status cpu_copy(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src);
 
-static eng_status cpu_upload(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src) { return cpu_copy(ctx, dst, src); }
+static eng_status cpu_upload(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src) { return cpu_relayout(ctx, dst, src); }
 
 static eng_status cpu_download(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src)
 {
-    return cpu_copy(ctx, dst, src);
+    return cpu_relayout(ctx, dst, src);
 }
 
 cpu_view cpu_view_of(const eng_tensor *t)
@@ -137,7 +136,7 @@ static eng_status cpu_fill(eng_ctx *ctx, eng_tensor *t, float value)
     return ENG_OK;
 }
 
-static eng_status cpu_copy(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src)
+eng_status cpu_relayout(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src)
 {
     (void)ctx;
     if (dst->layout == src->layout) {
@@ -365,7 +364,8 @@ static eng_status cpu_channel_affine_fwd(eng_ctx *ctx, eng_tensor *y, const eng_
     return ENG_OK;
 }
 
-static eng_status cpu_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, const eng_tensor *w, const eng_tensor *b,
+static eng_status cpu_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, eng_tensor *scale, const eng_tensor *w,
+                              const eng_tensor *b,
                               const eng_tensor *gamma, const eng_tensor *beta, const eng_tensor *mean,
                               const eng_tensor *var, float eps)
 {
@@ -376,6 +376,8 @@ static eng_status cpu_fold_bn(eng_ctx *ctx, eng_tensor *wf, eng_tensor *bf, cons
         for (int64_t i = 0; i < per; i++)
             wf->data[k * per + i] = (float)(w->data[k * per + i] * sc);
         bf->data[k] = (float)(beta->data[k] + ((b ? b->data[k] : 0.0) - mean->data[k]) * sc);
+        if (scale)
+            scale->data[k] = (float)sc;
     }
     return ENG_OK;
 }
@@ -850,31 +852,41 @@ static eng_status cpu_sgd_step(eng_ctx *ctx, eng_tensor *p, const eng_tensor *g,
     return ENG_OK;
 }
 
-/* ---- convolution dispatch ---- */
+/* ---- convolution dispatch ----
+ * oneDNN unless the context asks for im2col, or oneDNN has only a reference kernel for the
+ * shape (ENG_ERR_UNSUPPORTED): then im2col + GEMM, converting blocked layouts around it. */
+
+static bool gemm_first(const eng_ctx *ctx, const eng_tensor *a, const eng_tensor *b)
+{
+    return ctx->conv == ENG_CONV_GEMM && a->layout == ENG_LAYOUT_NCHW && b->layout == ENG_LAYOUT_NCHW;
+}
 
 static eng_status cpu_conv2d_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
                                  const eng_tensor *b, const eng_conv_desc *d, eng_op_cache *cache)
 {
-    if (ctx->conv == ENG_CONV_GEMM && x->layout == ENG_LAYOUT_NCHW && y->layout == ENG_LAYOUT_NCHW)
+    if (gemm_first(ctx, x, y))
         return cpu_conv_gemm_fwd(ctx, y, x, w, b, d);
-    return cpu_conv_onednn_fwd(ctx, y, x, w, b, d, cache);
+    eng_status s = cpu_conv_onednn_fwd(ctx, y, x, w, b, d, cache);
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_fwd(ctx, y, x, w, b, d) : s;
 }
 
 static eng_status cpu_conv2d_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *w,
                                       const eng_conv_desc *d, bool accumulate, eng_op_cache *cache)
 {
-    if (ctx->conv == ENG_CONV_GEMM && dx->layout == ENG_LAYOUT_NCHW && dy->layout == ENG_LAYOUT_NCHW)
+    if (gemm_first(ctx, dx, dy))
         return cpu_conv_gemm_bwd_data(ctx, dx, dy, w, d, accumulate);
-    return cpu_conv_onednn_bwd_data(ctx, dx, dy, w, d, accumulate, cache);
+    eng_status s = cpu_conv_onednn_bwd_data(ctx, dx, dy, w, d, accumulate, cache);
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_data(ctx, dx, dy, w, d, accumulate) : s;
 }
 
 static eng_status cpu_conv2d_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, const eng_tensor *x,
                                         const eng_tensor *dy, const eng_conv_desc *d, bool accumulate,
                                         eng_op_cache *cache)
 {
-    if (ctx->conv == ENG_CONV_GEMM && x->layout == ENG_LAYOUT_NCHW && dy->layout == ENG_LAYOUT_NCHW)
+    if (gemm_first(ctx, x, dy))
         return cpu_conv_gemm_bwd_filter(ctx, dw, db, x, dy, d, accumulate);
-    return cpu_conv_onednn_bwd_filter(ctx, dw, db, x, dy, d, accumulate, cache);
+    eng_status s = cpu_conv_onednn_bwd_filter(ctx, dw, db, x, dy, d, accumulate, cache);
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_filter(ctx, dw, db, x, dy, d, accumulate) : s;
 }
 
 const eng_backend eng_cpu_backend = {
@@ -901,7 +913,7 @@ const eng_backend eng_cpu_backend = {
     .add = cpu_add,
     .axpby = cpu_axpby,
     .fill = cpu_fill,
-    .copy = cpu_copy,
+    .copy = cpu_relayout,
     .dropout_fwd = cpu_dropout_fwd,
     .dropout_bwd = cpu_dropout_bwd,
     .maxpool_fwd = cpu_maxpool_fwd,
