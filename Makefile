@@ -11,7 +11,9 @@ CC      ?= gcc
 ARCH    ?= -march=x86-64-v3
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) $(ARCH) -g
-CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -fopenmp -fPIC -Iengine
+# Flags the code needs, kept apart from CFLAGS so that `make CFLAGS=...` (the sanitizer
+# build) changes optimisation and instrumentation only.
+XCFLAGS := -std=gnu11 -Wall -Wextra -Werror -fopenmp -fPIC -Iengine
 LDLIBS  := -ldnnl -lopenblas -ljansson -lm -lpthread
 B       := build
 
@@ -25,7 +27,7 @@ HAVE_CUDNN := $(shell test -f $(CUDA_HOME)/include/cudnn.h -o -f /usr/include/cu
 ifneq ($(and $(NVCC),$(HAVE_CUDNN),$(wildcard engine/cuda/*.cu)),)
   CUDA_SRC  := $(wildcard engine/cuda/*.cu)
   CUDA_OBJ  := $(CUDA_SRC:%.cu=$(B)/%.o)
-  CFLAGS    += -DRTAAS_HAVE_CUDA -I$(CUDA_HOME)/include
+  XCFLAGS   += -DRTAAS_HAVE_CUDA -I$(CUDA_HOME)/include
   NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC,-Wall,-Werror -Iengine -DRTAAS_HAVE_CUDA \
                -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
@@ -39,7 +41,7 @@ all: $(B)/librtengine.a $(B)/librtengine.so $(B)/rtaas
 
 $(B)/%.o: %.c $(wildcard engine/*.h engine/cpu/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(XCFLAGS) -c $< -o $@
 
 $(B)/%.o: %.cu $(wildcard engine/*.h engine/cuda/*.h)
 	@mkdir -p $(dir $@)
@@ -50,13 +52,14 @@ $(B)/librtengine.a: $(ENGINE_OBJ) $(CUDA_OBJ)
 	ar rcs $@ $^
 
 $(B)/librtengine.so: $(ENGINE_OBJ) $(CUDA_OBJ)
-	$(CC) -shared -fopenmp -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -shared -fopenmp -o $@ $^ $(LDLIBS)
 
 $(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
-	$(CC) $(CFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS)
 
 include tests/tests.mk
 include bench/bench.mk
+-include engine/cuda/cuda.mk
 
 deps:
 	@tools/deps

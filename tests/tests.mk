@@ -7,7 +7,7 @@ TEST_LIBS := $(B)/librtengine.a $(LDLIBS)
 
 $(B)/tests/%: tests/unit/%.c tests/t.h $(B)/librtengine.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
 
 .PHONY: tests
 tests: $(TEST_BIN)
@@ -40,5 +40,5 @@ fuzz: $(FUZZ_BIN)
 # tests/parity/gen_ref.py writes. Not named test_*, so tests/run never calls it bare.
 $(B)/tests/parity_check: tests/parity/parity.c tests/t.h $(B)/librtengine.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
 tests: $(B)/tests/parity_check
