@@ -14,7 +14,10 @@ CFLAGS  ?= $(OPT) $(ARCH) -g
 # Flags the code needs, kept apart from CFLAGS so that `make CFLAGS=...` (the sanitizer
 # build) changes optimisation and instrumentation only.
 XCFLAGS := -std=gnu11 -Wall -Wextra -Werror -fopenmp -fPIC -Iengine
-LDLIBS  := -ldnnl -lopenblas -ljansson -lm -lpthread
+# OpenBLAS built on OpenMP shares the thread pool of oneDNN and of our kernels; the pthread
+# build runs its own threads, which fight OpenMP's spinning workers for the cores.
+OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+LDLIBS  := -ldnnl -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -ljansson -lz -lm -lpthread
 B       := build
 
 ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c)

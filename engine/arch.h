@@ -37,6 +37,7 @@ typedef struct layer {
     eng_op_cache cache;
     int grad_set;
     bool up;
+    double prof_fwd, prof_bwd; /* seconds spent, when RTAAS_PROFILE is set */
 } layer;
 
 typedef enum { INIT_KAIMING_OUT = 0, INIT_TORCH_DEFAULT, INIT_ONE, INIT_ZERO } arch_init;
@@ -74,6 +75,7 @@ struct eng_model {
     int64_t planned_n, planned_h, planned_w;
     eng_forward_opts last;
     int have_forward;
+    bool profile; /* RTAAS_PROFILE: time every layer, print a table when the model is freed */
 };
 
 /* Builder helpers (model.c): add a parameter or a layer; return its index, or -1 after

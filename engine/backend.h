@@ -53,6 +53,18 @@ typedef struct eng_backend {
                                     bool);
     eng_status (*xent)(eng_ctx *, const eng_tensor *, const int32_t *, double *, eng_tensor *, eng_tensor *, float);
     eng_status (*sgd_step)(eng_ctx *, eng_tensor *, const eng_tensor *, eng_tensor *, const eng_sgd_desc *, bool);
+    /* attacks (engine/attack.c); a backend without them answers ENG_ERR_UNSUPPORTED */
+    eng_status (*margin_loss)(eng_ctx *, const eng_tensor *, const int32_t *, float, double *, eng_tensor *,
+                              eng_tensor *, float);
+    eng_status (*dlr_loss)(eng_ctx *, const eng_tensor *, const int32_t *, double *, eng_tensor *, eng_tensor *,
+                           float);
+    eng_status (*linf_sign_step)(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, float, float);
+    eng_status (*apgd_step)(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
+                            const eng_tensor *, const float *, float, float);
+    eng_status (*linf_random_start)(eng_ctx *, eng_tensor *, const eng_tensor *, float, uint64_t, bool);
+    /* rows: dst row dst_idx[k] = src row src_idx[k] for k < n (NULL index: identity) */
+    eng_status (*move_rows)(eng_ctx *, eng_tensor *, const eng_tensor *, const int32_t *, const int32_t *, int);
+    eng_status (*linf_dist)(eng_ctx *, const eng_tensor *, const eng_tensor *, double *, bool *);
 } eng_backend;
 
 struct eng_ctx {

@@ -11,6 +11,8 @@
 #include "ctx.h"
 #include "ops.h"
 #include "model.h"
+#include "attack.h"
+#include "data.h"
 #include "safetensors.h"
 #include "weights.h"
 

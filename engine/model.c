@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -173,6 +174,8 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
     }
     m->spec.arch = a->name;
     m->feature_layer = -1;
+    const char *prof = getenv("RTAAS_PROFILE");
+    m->profile = prof && *prof && strcmp(prof, "0") != 0;
     eng_status st = a->build(m);
     if (st == ENG_OK && m->build_error)
         st = eng_fail(m->build_error, "model: building %s failed", a->name);
@@ -186,6 +189,36 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
     }
     *out = m;
     return ENG_OK;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static const char *kind_name(layer_kind k)
+{
+    static const char *names[] = {"input", "normalize", "conv", "maxpool", "gap", "flatten", "linear", "dropout"};
+    return names[k];
+}
+
+/* The RTAAS_PROFILE table: per layer, forward and backward seconds summed over all calls. */
+static void print_profile(const eng_model *m)
+{
+    double tf = 0, tb = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        tf += m->layers[i].prof_fwd, tb += m->layers[i].prof_bwd;
+    fprintf(stderr, "rtaas profile %s: forward %.3f s, backward %.3f s\n", m->arch->name, tf, tb);
+    fprintf(stderr, "%4s %-9s %6s %6s %4s %-6s %10s %10s\n", "layer", "kind", "in_c", "out_c", "k/s", "layout",
+            "fwd ms", "bwd ms");
+    for (int i = 0; i < m->n_layers; i++) {
+        const layer *l = &m->layers[i];
+        fprintf(stderr, "%4d %-9s %6lld %6lld %2d/%d %-6s %10.2f %10.2f\n", i, kind_name(l->d.kind),
+                (long long)l->d.in_c, (long long)l->d.out_c, l->d.k, l->d.stride, eng_layout_name(l->out.layout),
+                l->prof_fwd * 1e3, l->prof_bwd * 1e3);
+    }
 }
 
 static void free_runtime(eng_model *m)
@@ -210,6 +243,8 @@ void eng_model_free(eng_model *m)
 {
     if (!m)
         return;
+    if (m->profile)
+        print_profile(m);
     free_runtime(m);
     for (int i = 0; i < m->n_layers; i++) {
         layer *l = &m->layers[i];
@@ -501,6 +536,7 @@ eng_status eng_model_forward(eng_model *m, const eng_tensor *x, const eng_forwar
     for (int i = 1; i < m->n_layers; i++) {
         layer *l = &m->layers[i];
         const eng_tensor *in = &m->layers[l->d.in].out;
+        double t0 = m->profile ? now_s() : 0;
         switch (l->d.kind) {
         case LAYER_INPUT:
             break;
@@ -537,6 +573,8 @@ eng_status eng_model_forward(eng_model *m, const eng_tensor *x, const eng_forwar
                 TRY(eng_copy(ctx, &l->out, in));
             break;
         }
+        if (m->profile)
+            l->prof_fwd += now_s() - t0;
     }
     m->have_forward = 1;
     if (logits)
@@ -762,7 +800,10 @@ eng_status eng_model_backward(eng_model *m, const eng_tensor *dlogits, const eng
                 TRY(zero_param_grads(m, l));
             continue;
         }
+        double t0 = m->profile ? now_s() : 0;
         TRY(bwd_layer(m, i, params));
+        if (m->profile)
+            l->prof_bwd += now_s() - t0;
     }
     if (dx && input) {
         layer *in = &m->layers[0];

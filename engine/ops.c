@@ -2,6 +2,7 @@
  * Backends may assume what is checked here. */
 #include "backend.h"
 
+#include <math.h>
 #include <stdio.h>
 
 #define TRY(expr)                         \
@@ -489,4 +490,166 @@ eng_status eng_sgd_step(eng_ctx *ctx, eng_tensor *p, const eng_tensor *g, eng_te
     eng_status s = ctx->be->sgd_step(ctx, p, g, d->momentum > 0 ? buf : NULL, d, first_step);
     p->version++;
     return s;
+}
+
+/* ---- attacks ---- */
+
+#define NEED_OP(fn)                                                                                     \
+    do {                                                                                                \
+        if (!ctx->be->fn)                                                                               \
+            return eng_fail(ENG_ERR_UNSUPPORTED, "%s: not available on the %s backend", #fn, ctx->be->name); \
+    } while (0)
+
+static eng_status loss_args(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, eng_tensor *per_example,
+                            eng_tensor *dlogits, const char *op)
+{
+    TRY(need(ctx, logits, op, "logits", 2));
+    int64_t N = logits->dim[0], K = logits->dim[1];
+    if (!labels)
+        return eng_fail(ENG_ERR_ARG, "%s: no labels", op);
+    for (int64_t i = 0; i < N; i++)
+        if (labels[i] < 0 || labels[i] >= K)
+            return eng_fail(ENG_ERR_ARG, "%s: label %d of example %lld outside [0,%lld)", op, labels[i],
+                            (long long)i, (long long)K);
+    if (per_example) {
+        TRY(need(ctx, per_example, op, "per_example", 1));
+        TRY(vec(per_example, N, op, "per_example"));
+    }
+    if (dlogits) {
+        TRY(need(ctx, dlogits, op, "dlogits", 2));
+        TRY(same(dlogits, logits, op, "dlogits", "logits"));
+    }
+    return ENG_OK;
+}
+
+eng_status eng_margin_loss(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, float kappa,
+                           double *loss_sum, eng_tensor *per_example, eng_tensor *dlogits, float grad_scale)
+{
+    NEED_OP(margin_loss);
+    TRY(loss_args(ctx, logits, labels, per_example, dlogits, "margin_loss"));
+    if (logits->dim[1] < 2)
+        return eng_fail(ENG_ERR_ARG, "margin_loss: needs at least 2 classes");
+    if (!isfinite(kappa) || kappa < 0)
+        return eng_fail(ENG_ERR_ARG, "margin_loss: kappa must be finite and >= 0");
+    return ctx->be->margin_loss(ctx, logits, labels, kappa, loss_sum, per_example, dlogits, grad_scale);
+}
+
+eng_status eng_dlr_loss(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, double *loss_sum,
+                        eng_tensor *per_example, eng_tensor *dlogits, float grad_scale)
+{
+    NEED_OP(dlr_loss);
+    TRY(loss_args(ctx, logits, labels, per_example, dlogits, "dlr_loss"));
+    if (logits->dim[1] < 3)
+        return eng_fail(ENG_ERR_ARG, "dlr_loss: the DLR loss needs at least 3 classes, the model has %lld",
+                        (long long)logits->dim[1]);
+    return ctx->be->dlr_loss(ctx, logits, labels, loss_sum, per_example, dlogits, grad_scale);
+}
+
+static eng_status eps_ok(float eps, const char *op)
+{
+    if (!isfinite(eps) || eps < 0 || eps > 1)
+        return eng_fail(ENG_ERR_ARG, "%s: eps must be in [0, 1] (pixel units), got %g", op, eps);
+    return ENG_OK;
+}
+
+eng_status eng_linf_sign_step(eng_ctx *ctx, eng_tensor *x, const eng_tensor *g, const eng_tensor *x0, float alpha,
+                              float eps)
+{
+    NEED_OP(linf_sign_step);
+    TRY(need(ctx, x, "linf_sign_step", "x", 0));
+    TRY(need(ctx, g, "linf_sign_step", "g", 0));
+    TRY(need(ctx, x0, "linf_sign_step", "x0", 0));
+    TRY(same(x, g, "linf_sign_step", "x", "g"));
+    TRY(same(x, x0, "linf_sign_step", "x", "x0"));
+    TRY(eps_ok(eps, "linf_sign_step"));
+    if (!isfinite(alpha) || alpha < 0)
+        return eng_fail(ENG_ERR_ARG, "linf_sign_step: step size must be >= 0");
+    return ctx->be->linf_sign_step(ctx, x, g, x0, alpha, eps);
+}
+
+eng_status eng_apgd_step(eng_ctx *ctx, eng_tensor *x_next, const eng_tensor *x, const eng_tensor *x_prev,
+                         const eng_tensor *g, const eng_tensor *x0, const float *eta, float eps, float a)
+{
+    const char *op = "apgd_step";
+    NEED_OP(apgd_step);
+    const eng_tensor *ts[] = {x_next, x, x_prev, g, x0};
+    const char *names[] = {"x_next", "x", "x_prev", "g", "x0"};
+    for (int i = 0; i < 5; i++) {
+        TRY(need(ctx, ts[i], op, names[i], 0));
+        TRY(same(ts[i], x, op, names[i], "x"));
+    }
+    if (x_next->data == x->data || x_next->data == x_prev->data)
+        return eng_fail(ENG_ERR_ARG, "%s: x_next must not alias x or x_prev", op);
+    TRY(eps_ok(eps, op));
+    if (!eta || !(a >= 0 && a <= 1))
+        return eng_fail(ENG_ERR_ARG, "%s: need step sizes and a in [0,1]", op);
+    return ctx->be->apgd_step(ctx, x_next, x, x_prev, g, x0, eta, eps, a);
+}
+
+eng_status eng_linf_random_start(eng_ctx *ctx, eng_tensor *x, const eng_tensor *x0, float eps, uint64_t seed,
+                                 bool normalise)
+{
+    NEED_OP(linf_random_start);
+    TRY(need(ctx, x, "linf_random_start", "x", 0));
+    TRY(need(ctx, x0, "linf_random_start", "x0", 0));
+    TRY(same(x, x0, "linf_random_start", "x", "x0"));
+    TRY(eps_ok(eps, "linf_random_start"));
+    return ctx->be->linf_random_start(ctx, x, x0, eps, seed, normalise);
+}
+
+static eng_status rows_args(eng_ctx *ctx, const eng_tensor *dst, const eng_tensor *src, const char *op)
+{
+    TRY(need(ctx, dst, op, "dst", 0));
+    TRY(need(ctx, src, op, "src", 0));
+    if (dst->ndim != src->ndim || dst->layout != src->layout)
+        return eng_fail(ENG_ERR_SHAPE, "%s: dst and src differ in rank or layout", op);
+    for (int i = 1; i < dst->ndim; i++)
+        if (dst->dim[i] != src->dim[i])
+            return eng_fail(ENG_ERR_SHAPE, "%s: dst and src differ in their per-example shape", op);
+    return ENG_OK;
+}
+
+static eng_status idx_ok(const int32_t *idx, int64_t n, int64_t rows, const char *op)
+{
+    if (n > 0 && !idx)
+        return eng_fail(ENG_ERR_ARG, "%s: no indices", op);
+    for (int64_t k = 0; k < n; k++)
+        if (idx[k] < 0 || idx[k] >= rows)
+            return eng_fail(ENG_ERR_ARG, "%s: index %d outside [0,%lld)", op, idx[k], (long long)rows);
+    return ENG_OK;
+}
+
+eng_status eng_gather_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx)
+{
+    NEED_OP(move_rows);
+    TRY(rows_args(ctx, dst, src, "gather_rows"));
+    TRY(idx_ok(idx, dst->dim[0], src->dim[0], "gather_rows"));
+    return ctx->be->move_rows(ctx, dst, src, NULL, idx, (int)dst->dim[0]);
+}
+
+eng_status eng_scatter_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx)
+{
+    NEED_OP(move_rows);
+    TRY(rows_args(ctx, dst, src, "scatter_rows"));
+    TRY(idx_ok(idx, src->dim[0], dst->dim[0], "scatter_rows"));
+    return ctx->be->move_rows(ctx, dst, src, idx, NULL, (int)src->dim[0]);
+}
+
+eng_status eng_copy_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx, int n)
+{
+    NEED_OP(move_rows);
+    TRY(rows_args(ctx, dst, src, "copy_rows"));
+    if (dst->dim[0] != src->dim[0] || n < 0 || n > dst->dim[0])
+        return eng_fail(ENG_ERR_SHAPE, "copy_rows: dst and src must have the same rows and 0 <= n <= rows");
+    TRY(idx_ok(idx, n, dst->dim[0], "copy_rows"));
+    return n ? ctx->be->move_rows(ctx, dst, src, idx, idx, n) : ENG_OK;
+}
+
+eng_status eng_linf_dist(eng_ctx *ctx, const eng_tensor *x, const eng_tensor *x0, double *max_abs, bool *in_unit)
+{
+    NEED_OP(linf_dist);
+    TRY(need(ctx, x, "linf_dist", "x", 0));
+    TRY(need(ctx, x0, "linf_dist", "x0", 0));
+    TRY(same(x, x0, "linf_dist", "x", "x0"));
+    return ctx->be->linf_dist(ctx, x, x0, max_abs, in_unit);
 }

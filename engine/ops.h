@@ -130,4 +130,42 @@ typedef struct eng_sgd_desc {
 eng_status eng_sgd_step(eng_ctx *ctx, eng_tensor *p, const eng_tensor *g, eng_tensor *buf,
                         const eng_sgd_desc *d, bool first_step);
 
+/* ---- attacks: losses the attacker maximises, l_inf steps in pixel space, example rows ----
+ * Pixels are in [0,1]; eps and step sizes are in the same units (8/255 = 0.0314). */
+
+/* Carlini-Wagner margin: L_i = -relu(z_y - max_{j != y} z_j + kappa), the wrong-class maximum
+ * taken with the true class masked out. Outputs as eng_xent's. */
+eng_status eng_margin_loss(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, float kappa,
+                           double *loss_sum, eng_tensor *per_example, eng_tensor *dlogits, float grad_scale);
+
+/* Difference of logits ratio (Croce & Hein 2020): L_i = -(z_y - max_{j != y} z_j) / (z_(1) - z_(3) + 1e-12),
+ * z_(k) the k-th largest logit. Needs at least 3 classes (ENG_ERR_ARG otherwise). */
+eng_status eng_dlr_loss(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, double *loss_sum,
+                        eng_tensor *per_example, eng_tensor *dlogits, float grad_scale);
+
+/* x = clip(clip(x + alpha * sign(g), x0 - eps, x0 + eps), 0, 1); sign(0) = 0. */
+eng_status eng_linf_sign_step(eng_ctx *ctx, eng_tensor *x, const eng_tensor *g, const eng_tensor *x0, float alpha,
+                              float eps);
+
+/* APGD's step with a step size per example (eta: host array of N): z = P(x + eta_n sign(g)),
+ * x_next = P(x + a (z - x) + (1 - a) (x - x_prev)), P the projection onto the eps-ball of x0
+ * intersected with [0,1]. x_next must not alias x or x_prev. */
+eng_status eng_apgd_step(eng_ctx *ctx, eng_tensor *x_next, const eng_tensor *x, const eng_tensor *x_prev,
+                         const eng_tensor *g, const eng_tensor *x0, const float *eta, float eps, float a);
+
+/* x = clip(x0 + eps * u, 0, 1), u uniform in [-1, 1) drawn from (seed, logical index); with
+ * `normalise`, u is divided per example by its largest |u| (AutoAttack's start on the sphere). */
+eng_status eng_linf_random_start(eng_ctx *ctx, eng_tensor *x, const eng_tensor *x0, float eps, uint64_t seed,
+                                 bool normalise);
+
+/* Example rows (dim 0) of tensors with the same per-example shape and layout:
+ * gather: dst row k = src row idx[k] (k < dst rows); scatter: dst row idx[k] = src row k (k < src rows);
+ * copy_rows: dst row idx[k] = src row idx[k] (k < n). Indices are host arrays, checked. */
+eng_status eng_gather_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx);
+eng_status eng_scatter_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx);
+eng_status eng_copy_rows(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src, const int32_t *idx, int n);
+
+/* Largest |x - x0| and whether every x lies in [0,1] (host outputs): checks of the attacks. */
+eng_status eng_linf_dist(eng_ctx *ctx, const eng_tensor *x, const eng_tensor *x0, double *max_abs, bool *in_unit);
+
 #endif

@@ -31,6 +31,8 @@ typedef struct prim {
 
 typedef struct conv_cache {
     prim fwd, bwd_data, bwd_filter;
+    float *stage[2]; /* NCHW staging for the im2col fallback */
+    size_t stage_cap[2];
 } conv_cache;
 
 static void prim_clear(prim *p)
@@ -52,7 +54,22 @@ static void conv_cache_release(void *impl)
     prim_clear(&c->fwd);
     prim_clear(&c->bwd_data);
     prim_clear(&c->bwd_filter);
+    eng_free(c->stage[0]);
+    eng_free(c->stage[1]);
     free(c);
+}
+
+float *cpu_conv_stage(eng_op_cache *cache, int i, size_t floats)
+{
+    if (!cache || !cache->impl || cache->release != conv_cache_release || i < 0 || i > 1)
+        return NULL;
+    conv_cache *c = cache->impl;
+    if (floats > c->stage_cap[i]) {
+        eng_free(c->stage[i]);
+        c->stage[i] = eng_alloc(floats * sizeof(float));
+        c->stage_cap[i] = c->stage[i] ? floats : 0;
+    }
+    return c->stage[i];
 }
 
 /* The cache slot for this call site, or a temporary one (freed by the caller) without a cache. */

@@ -44,12 +44,27 @@ eng_status cpu_conv_gemm_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, c
 eng_status cpu_conv_gemm_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                                     const eng_conv_desc *, bool);
 
-/* The GEMM path for tensors in any layout: blocked operands are converted to NCHW around it. */
+/* The GEMM path for tensors in any layout: blocked operands are converted to NCHW around it,
+ * in staging buffers kept in the call site's cache (or allocated per call without one). */
 eng_status cpu_conv_gemm_any_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
-                                 const eng_conv_desc *);
+                                 const eng_conv_desc *, eng_op_cache *);
 eng_status cpu_conv_gemm_any_bwd_data(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *,
-                                      const eng_conv_desc *, bool);
+                                      const eng_conv_desc *, bool, eng_op_cache *);
 eng_status cpu_conv_gemm_any_bwd_filter(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *,
-                                        const eng_tensor *, const eng_conv_desc *, bool);
+                                        const eng_tensor *, const eng_conv_desc *, bool, eng_op_cache *);
+/* Staging buffer i (0 or 1) of at least `floats` floats owned by a convolution cache; NULL when
+ * the cache is absent or not a convolution's. */
+float *cpu_conv_stage(eng_op_cache *cache, int i, size_t floats);
+
+/* attack_cpu.c */
+eng_status cpu_margin_loss(eng_ctx *, const eng_tensor *, const int32_t *, float, double *, eng_tensor *, eng_tensor *,
+                           float);
+eng_status cpu_dlr_loss(eng_ctx *, const eng_tensor *, const int32_t *, double *, eng_tensor *, eng_tensor *, float);
+eng_status cpu_linf_sign_step(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, float, float);
+eng_status cpu_apgd_step(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
+                         const eng_tensor *, const float *, float, float);
+eng_status cpu_linf_random_start(eng_ctx *, eng_tensor *, const eng_tensor *, float, uint64_t, bool);
+eng_status cpu_move_rows(eng_ctx *, eng_tensor *, const eng_tensor *, const int32_t *, const int32_t *, int);
+eng_status cpu_linf_dist(eng_ctx *, const eng_tensor *, const eng_tensor *, double *, bool *);
 
 #endif

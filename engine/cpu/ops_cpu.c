@@ -580,11 +580,15 @@ static eng_status cpu_maxpool_bwd(eng_ctx *ctx, eng_tensor *dx, const eng_tensor
         const float *ip = in + r * vx.S * X;
         const float *gp = g + r * vy.S * X;
         float *dp = d + r * vx.S * X;
+        /* Branch-free argmax of up to 16 lanes at a time (the lanes of a blocked layout are
+         * contiguous): the first maximum wins, and a NaN, once seen, stays, as in the forward. */
         for (int64_t p = 0; p < vy.H; p++)
             for (int64_t q = 0; q < vy.W; q++)
-                for (int64_t i = 0; i < X; i++) {
-                    float best = -INFINITY;
-                    int64_t arg = -1;
+                for (int64_t i0 = 0; i0 < X; i0 += 16) {
+                    const int m = X - i0 < 16 ? (int)(X - i0) : 16;
+                    float best[16];
+                    int32_t arg[16];
+                    int first = 1;
                     for (int a = 0; a < k; a++) {
                         int64_t h = p * stride - pad + a;
                         if (h < 0 || h >= vx.H)
@@ -593,18 +597,28 @@ static eng_status cpu_maxpool_bwd(eng_ctx *ctx, eng_tensor *dx, const eng_tensor
                             int64_t w = q * stride - pad + b;
                             if (w < 0 || w >= vx.W)
                                 continue;
-                            float e = ip[(h * vx.W + w) * X + i];
-                            if (arg < 0 || e > best || isnan(e)) {
-                                best = e;
-                                arg = h * vx.W + w;
-                                if (isnan(e))
-                                    goto found;
+                            const float *e = ip + (h * vx.W + w) * X + i0;
+                            const int32_t idx = (int32_t)(h * vx.W + w);
+                            if (first) {
+                                for (int i = 0; i < m; i++)
+                                    best[i] = e[i], arg[i] = idx;
+                                first = 0;
+                                continue;
+                            }
+#pragma omp simd
+                            for (int i = 0; i < m; i++) {
+                                float v = e[i], bv = best[i];
+                                int take = (v > bv) | ((v != v) & (bv == bv));
+                                best[i] = take ? v : bv;
+                                arg[i] = take ? idx : arg[i];
                             }
                         }
                     }
-                found:
-                    if (arg >= 0)
-                        dp[arg * X + i] += gp[(p * vy.W + q) * X + i];
+                    if (first)
+                        continue;
+                    const float *gq = gp + (p * vy.W + q) * X + i0;
+                    for (int i = 0; i < m; i++)
+                        dp[(int64_t)arg[i] * X + i0 + i] += gq[i];
                 }
     }
     return ENG_OK;
@@ -867,7 +881,7 @@ static eng_status cpu_conv2d_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *
     if (gemm_first(ctx, x, y))
         return cpu_conv_gemm_fwd(ctx, y, x, w, b, d);
     eng_status s = cpu_conv_onednn_fwd(ctx, y, x, w, b, d, cache);
-    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_fwd(ctx, y, x, w, b, d) : s;
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_fwd(ctx, y, x, w, b, d, cache) : s;
 }
 
 static eng_status cpu_conv2d_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *w,
@@ -876,7 +890,7 @@ static eng_status cpu_conv2d_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_te
     if (gemm_first(ctx, dx, dy))
         return cpu_conv_gemm_bwd_data(ctx, dx, dy, w, d, accumulate);
     eng_status s = cpu_conv_onednn_bwd_data(ctx, dx, dy, w, d, accumulate, cache);
-    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_data(ctx, dx, dy, w, d, accumulate) : s;
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_data(ctx, dx, dy, w, d, accumulate, cache) : s;
 }
 
 static eng_status cpu_conv2d_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, const eng_tensor *x,
@@ -886,7 +900,7 @@ static eng_status cpu_conv2d_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor
     if (gemm_first(ctx, x, dy))
         return cpu_conv_gemm_bwd_filter(ctx, dw, db, x, dy, d, accumulate);
     eng_status s = cpu_conv_onednn_bwd_filter(ctx, dw, db, x, dy, d, accumulate, cache);
-    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_filter(ctx, dw, db, x, dy, d, accumulate) : s;
+    return s == ENG_ERR_UNSUPPORTED ? cpu_conv_gemm_any_bwd_filter(ctx, dw, db, x, dy, d, accumulate, cache) : s;
 }
 
 const eng_backend eng_cpu_backend = {
@@ -927,4 +941,11 @@ const eng_backend eng_cpu_backend = {
     .linear_bwd_weight = cpu_linear_bwd_weight,
     .xent = cpu_xent,
     .sgd_step = cpu_sgd_step,
+    .margin_loss = cpu_margin_loss,
+    .dlr_loss = cpu_dlr_loss,
+    .linf_sign_step = cpu_linf_sign_step,
+    .apgd_step = cpu_apgd_step,
+    .linf_random_start = cpu_linf_random_start,
+    .move_rows = cpu_move_rows,
+    .linf_dist = cpu_linf_dist,
 };

@@ -11,7 +11,7 @@
 #include "safetensors.h"
 #include "weights.h"
 
-/* t.h defines helpers this program does not use (t_shared_data). */
+
 #include "t.h"
 
 #define TOL_FWD 1e-4   /* logits, loss, parameters after the step, running statistics */
