@@ -12,6 +12,7 @@
 #include "ops.h"
 #include "model.h"
 #include "attack.h"
+#include "eval.h"
 #include "data.h"
 #include "safetensors.h"
 #include "weights.h"
