@@ -74,6 +74,8 @@ eng_status eng_ctx_new(eng_ctx **out, const eng_ctx_opts *opts)
         free(ctx);
         return eng_fail(ENG_ERR_ARG, "context: unknown device '%s' (cpu, cuda, cuda:N)", dev);
     }
+    if (ctx->opts.math == ENG_MATH_DEFAULT)
+        ctx->opts.math = ctx->be->dev == ENG_DEV_CUDA ? ENG_MATH_TF32 : ENG_MATH_FP32;
     eng_status s = ctx->be->init(ctx);
     if (s != ENG_OK) {
         free(ctx);

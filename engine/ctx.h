@@ -16,7 +16,8 @@ typedef enum {
 } eng_conv_algo;
 
 typedef enum {
-    ENG_MATH_FP32 = 0,
+    ENG_MATH_DEFAULT = 0, /* TF32 on CUDA, FP32 on the CPU */
+    ENG_MATH_FP32,
     ENG_MATH_TF32,
     ENG_MATH_BF16,
 } eng_math;
@@ -25,7 +26,7 @@ typedef struct eng_ctx_opts {
     const char *device;   /* "cpu" (default), "cuda", "cuda:N" */
     int threads;          /* CPU threads; 0: RTAAS_CPU_THREADS, else all cores */
     eng_conv_algo conv;   /* CPU convolution path; ENG_CONV_AUTO also reads RTAAS_CONV */
-    eng_math math;        /* CUDA math mode; the CPU is always FP32 */
+    eng_math math;        /* CUDA math mode; the CPU is always FP32 (then resolved, never DEFAULT) */
 } eng_ctx_opts;
 
 /* Creates a context. On failure *out is NULL and eng_last_error() says why

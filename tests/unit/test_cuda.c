@@ -1,0 +1,926 @@
+/* The CUDA backend against the CPU backend: every operation on the same seeded inputs (in
+ * NCHW and NHWC), then whole models. Without a GPU every case reports "# SKIP no GPU ...".
+ * Tolerances are relative L2 errors: 1e-5 per op in FP32, 1e-3 for conv/linear in TF32.
+ * Flags: --small (short cases, for compute-sanitizer), --cpu (a second CPU context stands in
+ * for the GPU: checks this test itself on a machine without one). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "t.h"
+
+#define TOL_FP32 1e-5
+#define TOL_TF32 1e-3
+
+static eng_ctx *cpu, *gpu, *gpu_tf32;
+static int small_only; /* --small: short cases only (the compute-sanitizer run) */
+static int cpu_only;   /* --cpu: a second CPU context (im2col path) stands in for the GPU, to check this test */
+static int have_gpu;
+static char no_gpu[200] = "no GPU";
+
+#define NEED_GPU()                                                                                                     \
+    do {                                                                                                               \
+        if (!have_gpu) {                                                                                               \
+            t_skip("%s", no_gpu);                                                                                      \
+            return;                                                                                                    \
+        }                                                                                                              \
+    } while (0)
+
+/* ---- operands: one logical tensor, on the CPU (NCHW) and on the GPU (in a layout) ---- */
+
+typedef struct pair {
+    eng_tensor c, g;
+} pair;
+
+static void fill_uniform(float *p, long n, uint64_t seed, float lo, float hi)
+{
+    for (long i = 0; i < n; i++)
+        p[i] = lo + (hi - lo) * eng_uniform(seed, (uint64_t)i);
+}
+
+/* Values away from zero and pairwise distinct, so that relu kinks and max-pool ties do not
+ * turn rounding differences into different branches. */
+static void fill_distinct(float *p, long n, uint64_t seed)
+{
+    for (long i = 0; i < n; i++) {
+        float u = eng_uniform(seed, (uint64_t)i);
+        float sign = eng_uniform(seed ^ 0xabc, (uint64_t)i) < 0.5f ? -1.0f : 1.0f;
+        p[i] = sign * (0.05f + u) + 1e-4f * (float)(i % 97);
+    }
+}
+
+/* Both copies of an NCHW host tensor of `dims`: the CPU one NCHW, the GPU one in `gl` (4-D
+ * only). seed 0 leaves zeros; lo == hi == 0 with a seed asks for fill_distinct. */
+static eng_status pair_new(pair *p, eng_ctx *g, int ndim, const int64_t *dims, eng_layout gl, uint64_t seed, float lo,
+                           float hi)
+{
+    memset(p, 0, sizeof *p);
+    eng_status s = eng_tensor_alloc_host(&p->c, ndim, dims, ENG_LAYOUT_NCHW);
+    if (s != ENG_OK)
+        return s;
+    long n = (long)eng_tensor_numel(&p->c);
+    if (seed && lo == hi)
+        fill_distinct(p->c.data, n, seed);
+    else if (seed)
+        fill_uniform(p->c.data, n, seed, lo, hi);
+    s = eng_ctx_tensor_alloc(g, &p->g, ndim, dims, ndim == 4 ? gl : ENG_LAYOUT_NCHW);
+    if (s == ENG_OK)
+        s = eng_ctx_upload(g, &p->g, &p->c);
+    return s;
+}
+
+static void pair_free(eng_ctx *g, pair *p)
+{
+    eng_tensor_cleanup(&p->c);
+    eng_ctx_tensor_free(g, &p->g);
+}
+
+/* Relative L2 error of the GPU copy against the CPU copy; -1 when the download fails. */
+static double pair_err(eng_ctx *g, const pair *p)
+{
+    eng_tensor h = ENG_TENSOR_INIT;
+    if (eng_tensor_alloc_host(&h, p->c.ndim, p->c.dim, ENG_LAYOUT_NCHW) != ENG_OK)
+        return -1;
+    double e = -1;
+    if (eng_ctx_download(g, &h, &p->g) == ENG_OK)
+        e = t_rel_err(h.data, p->c.data, (long)eng_tensor_numel(&h));
+    eng_tensor_cleanup(&h);
+    return e;
+}
+
+/* Number of elements where exactly one of the copies is zero. */
+static long pair_zero_mismatch(eng_ctx *g, const pair *p)
+{
+    eng_tensor h = ENG_TENSOR_INIT;
+    if (eng_tensor_alloc_host(&h, p->c.ndim, p->c.dim, ENG_LAYOUT_NCHW) != ENG_OK)
+        return -1;
+    long bad = -1;
+    if (eng_ctx_download(g, &h, &p->g) == ENG_OK) {
+        bad = 0;
+        for (long i = 0; i < (long)eng_tensor_numel(&h); i++)
+            bad += (h.data[i] == 0.0f) != (p->c.data[i] == 0.0f);
+    }
+    eng_tensor_cleanup(&h);
+    return bad;
+}
+
+#define CMP(g, p, tol, ...)                                                                                            \
+    do {                                                                                                               \
+        char tag_[160];                                                                                                \
+        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
+        double e_ = pair_err(g, p);                                                                                    \
+        printf("# %-52s rel err %.3g\n", tag_, e_);                                                                    \
+        CHECKF(e_ >= 0 && e_ <= (tol), "%s: rel err %.3g > %.1g", tag_, e_, tol);                                      \
+    } while (0)
+
+/* Runs `call` on the CPU (with the .c copies) and the GPU (with the .g copies). */
+#define BOTH(cpu_call, gpu_call)                                                                                       \
+    do {                                                                                                               \
+        REQUIRE_OK(cpu_call);                                                                                          \
+        REQUIRE_OK(gpu_call);                                                                                          \
+    } while (0)
+
+static const char *lname(eng_layout l) { return eng_layout_name(l); }
+
+/* ---- contexts, memory, transfers ---- */
+
+static void test_contexts(void)
+{
+    NEED_GPU();
+    if (cpu_only) {
+        t_skip("--cpu");
+        return;
+    }
+    CHECK(strncmp(eng_ctx_backend_name(gpu), "cuda:0", 6) == 0);
+    CHECK(eng_ctx_device(gpu) == ENG_DEV_CUDA);
+    CHECK(eng_ctx_act_layout(gpu, 64) == ENG_LAYOUT_NHWC);
+    CHECK(eng_ctx_act_layout(gpu, 3) == ENG_LAYOUT_NCHW);
+    eng_ctx *c = NULL;
+    eng_ctx_opts bf = {.device = "cuda", .math = ENG_MATH_BF16};
+    CHECK(eng_ctx_new(&c, &bf) == ENG_ERR_UNSUPPORTED && c == NULL);
+    eng_ctx_opts far = {.device = "cuda:4096"};
+    CHECK(eng_ctx_new(&c, &far) == ENG_ERR_UNSUPPORTED && strstr(eng_last_error(), "no GPU") != NULL);
+    eng_tensor t = ENG_TENSOR_INIT;
+    int64_t d[4] = {2, 16, 3, 3};
+    CHECK(eng_ctx_tensor_alloc(gpu, &t, 4, d, ENG_LAYOUT_NCHW8C) == ENG_ERR_ARG);
+    /* freshly allocated memory is zero, also when the pool hands back a used block */
+    for (int round = 0; round < 2; round++) {
+        REQUIRE_OK(eng_ctx_tensor_alloc(gpu, &t, 4, d, ENG_LAYOUT_NHWC));
+        if (round == 0)
+            REQUIRE_OK(eng_fill(gpu, &t, 3.0f));
+        eng_tensor h = ENG_TENSOR_INIT;
+        eng_tensor_alloc_host(&h, 4, d, ENG_LAYOUT_NCHW);
+        REQUIRE_OK(eng_ctx_download(gpu, &h, &t));
+        double sum = 0;
+        for (long i = 0; i < (long)eng_tensor_numel(&h); i++)
+            sum += fabs(h.data[i]);
+        CHECKF(round == 1 ? sum == 0 : sum == 3.0 * 288, "round %d: sum %g", round, sum);
+        eng_tensor_cleanup(&h);
+        eng_ctx_tensor_free(gpu, &t);
+    }
+    /* a large allocation that cannot fit fails cleanly */
+    int64_t huge[1] = {(int64_t)1 << 36};
+    eng_status s = eng_ctx_tensor_alloc(gpu, &t, 1, huge, ENG_LAYOUT_NCHW);
+    CHECKF(s == ENG_ERR_NOMEM || s == ENG_OK, "2^36 floats: %s", eng_last_error());
+    eng_ctx_tensor_free(gpu, &t);
+}
+
+static void test_transfers(void)
+{
+    NEED_GPU();
+    int64_t d[4] = {3, 16, 5, 7};
+    const eng_layout ls[2] = {ENG_LAYOUT_NCHW, ENG_LAYOUT_NHWC};
+    for (int a = 0; a < 2; a++) {
+        pair p;
+        REQUIRE_OK(pair_new(&p, gpu, 4, d, ls[a], 1, -1, 1));
+        CMP(gpu, &p, 0.0, "upload/download %s", lname(ls[a]));
+        /* host tensors in other layouts, blocked ones included */
+        const eng_layout hs[3] = {ENG_LAYOUT_NHWC, ENG_LAYOUT_NCHW8C, ENG_LAYOUT_NCHW16C};
+        for (int b = 0; b < 3; b++) {
+            eng_tensor h = ENG_TENSOR_INIT, back = ENG_TENSOR_INIT;
+            eng_tensor_alloc_host(&h, 4, d, hs[b]);
+            eng_tensor_alloc_host(&back, 4, d, hs[b]);
+            eng_tensor_copy_host(&h, &p.c);
+            REQUIRE_OK(eng_ctx_upload(gpu, &p.g, &h));
+            CMP(gpu, &p, 0.0, "upload from host %s into %s", lname(hs[b]), lname(ls[a]));
+            REQUIRE_OK(eng_ctx_download(gpu, &back, &p.g));
+            CHECK(memcmp(back.data, h.data, (size_t)eng_tensor_storage(&h) * sizeof(float)) == 0);
+            eng_tensor_cleanup(&h), eng_tensor_cleanup(&back);
+        }
+        for (int b = 0; b < 2; b++) {
+            pair q;
+            REQUIRE_OK(pair_new(&q, gpu, 4, d, ls[b], 0, 0, 0));
+            REQUIRE_OK(eng_copy(gpu, &q.g, &p.g));
+            memcpy(q.c.data, p.c.data, (size_t)eng_tensor_numel(&p.c) * sizeof(float));
+            CMP(gpu, &q, 0.0, "copy %s -> %s", lname(ls[a]), lname(ls[b]));
+            pair_free(gpu, &q);
+        }
+        pair_free(gpu, &p);
+    }
+}
+
+/* ---- elementwise ---- */
+
+static void test_elementwise(void)
+{
+    NEED_GPU();
+    int64_t d[4] = {2, 16, 5, 6};
+    const eng_layout ls[2] = {ENG_LAYOUT_NCHW, ENG_LAYOUT_NHWC};
+    for (int li = 0; li < 2; li++) {
+        eng_layout l = ls[li];
+        pair x, g, y, dx, z;
+        REQUIRE_OK(pair_new(&x, gpu, 4, d, l, 41, 0, 0));
+        REQUIRE_OK(pair_new(&g, gpu, 4, d, l, 42, -1, 1));
+        REQUIRE_OK(pair_new(&z, gpu, 4, d, l, 43, -1, 1));
+        REQUIRE_OK(pair_new(&y, gpu, 4, d, l, 0, 0, 0));
+        REQUIRE_OK(pair_new(&dx, gpu, 4, d, l, 44, -1, 1));
+        BOTH(eng_relu_fwd(cpu, &y.c, &x.c), eng_relu_fwd(gpu, &y.g, &x.g));
+        CMP(gpu, &y, 0.0, "relu %s", lname(l));
+        BOTH(eng_relu_bwd(cpu, &dx.c, &g.c, &y.c, true), eng_relu_bwd(gpu, &dx.g, &g.g, &y.g, true));
+        CMP(gpu, &dx, 0.0, "relu bwd accumulate %s", lname(l));
+        BOTH(eng_relu_bwd(cpu, &dx.c, &g.c, &y.c, false), eng_relu_bwd(gpu, &dx.g, &g.g, &y.g, false));
+        CMP(gpu, &dx, 0.0, "relu bwd %s", lname(l));
+        BOTH(eng_add(cpu, &z.c, &z.c, &g.c), eng_add(gpu, &z.g, &z.g, &g.g));
+        CMP(gpu, &z, 0.0, "add in place %s", lname(l));
+        BOTH(eng_axpby(cpu, &z.c, 0.5f, &x.c, -2.0f), eng_axpby(gpu, &z.g, 0.5f, &x.g, -2.0f));
+        CMP(gpu, &z, TOL_FP32, "axpby %s", lname(l));
+        BOTH(eng_axpby(cpu, &z.c, 3.0f, &g.c, 0.0f), eng_axpby(gpu, &z.g, 3.0f, &g.g, 0.0f));
+        CMP(gpu, &z, 0.0, "axpby beta 0 %s", lname(l));
+        BOTH(eng_fill(cpu, &z.c, -1.25f), eng_fill(gpu, &z.g, -1.25f));
+        CMP(gpu, &z, 0.0, "fill %s", lname(l));
+        pair *all[] = {&x, &g, &y, &dx, &z};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            pair_free(gpu, all[i]);
+    }
+}
+
+static void test_dropout(void)
+{
+    NEED_GPU();
+    const float p = 0.3f;
+    int64_t d4[4] = {4, 16, 7, 9}, d2[2] = {33, 40};
+    const eng_layout ls[3] = {ENG_LAYOUT_NCHW, ENG_LAYOUT_NHWC, ENG_LAYOUT_NCHW};
+    for (int li = 0; li < 3; li++) {
+        int nd = li == 2 ? 2 : 4;
+        const int64_t *d = li == 2 ? d2 : d4;
+        pair x, y, g, dx;
+        REQUIRE_OK(pair_new(&x, gpu, nd, d, ls[li], 91, 0.5f, 1.5f));
+        REQUIRE_OK(pair_new(&g, gpu, nd, d, ls[li], 92, 0.5f, 1.5f));
+        REQUIRE_OK(pair_new(&y, gpu, nd, d, ls[li], 0, 0, 0));
+        REQUIRE_OK(pair_new(&dx, gpu, nd, d, ls[li], 93, -1, 1));
+        BOTH(eng_dropout_fwd(cpu, &y.c, &x.c, p, 77), eng_dropout_fwd(gpu, &y.g, &x.g, p, 77));
+        long bad = pair_zero_mismatch(gpu, &y);
+        CHECKF(bad == 0, "dropout %dD %s: %ld mask differences", nd, lname(ls[li]), bad);
+        CMP(gpu, &y, 0.0, "dropout %dD %s", nd, lname(ls[li]));
+        BOTH(eng_dropout_bwd(cpu, &dx.c, &g.c, p, 77, true), eng_dropout_bwd(gpu, &dx.g, &g.g, p, 77, true));
+        CMP(gpu, &dx, TOL_FP32, "dropout bwd accumulate %dD %s", nd, lname(ls[li]));
+        pair *all[] = {&x, &y, &g, &dx};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            pair_free(gpu, all[i]);
+    }
+}
+
+/* ---- convolution ---- */
+
+typedef struct conv_case {
+    const char *name;
+    int N, C, H, W, K, R, stride, pad;
+} conv_case;
+
+static void check_conv(eng_ctx *g, double tol, const conv_case *cc, eng_layout ly)
+{
+    const char *mode = g == gpu ? "fp32" : "tf32";
+    const int P = (cc->H + 2 * cc->pad - cc->R) / cc->stride + 1, Q = (cc->W + 2 * cc->pad - cc->R) / cc->stride + 1;
+    /* the model's convention: activations of C % 8 != 0 channels stay NCHW */
+    eng_layout lx = cc->C % 8 == 0 ? ly : ENG_LAYOUT_NCHW;
+    int64_t dx_[4] = {cc->N, cc->C, cc->H, cc->W}, dw[4] = {cc->K, cc->C, cc->R, cc->R}, db[1] = {cc->K},
+            dy[4] = {cc->N, cc->K, P, Q};
+    pair x, w, b, y, gy, gx, gw, gb;
+    REQUIRE_OK(pair_new(&x, g, 4, dx_, lx, 1, -1, 1));
+    REQUIRE_OK(pair_new(&w, g, 4, dw, ENG_LAYOUT_NCHW, 2, -0.5f, 0.5f));
+    REQUIRE_OK(pair_new(&b, g, 1, db, ENG_LAYOUT_NCHW, 3, -1, 1));
+    REQUIRE_OK(pair_new(&y, g, 4, dy, ly, 5, -1, 1));
+    REQUIRE_OK(pair_new(&gy, g, 4, dy, ly, 4, -1, 1));
+    REQUIRE_OK(pair_new(&gx, g, 4, dx_, lx, 6, -1, 1));
+    REQUIRE_OK(pair_new(&gw, g, 4, dw, ENG_LAYOUT_NCHW, 7, -1, 1));
+    REQUIRE_OK(pair_new(&gb, g, 1, db, ENG_LAYOUT_NCHW, 8, -1, 1));
+    eng_op_cache kc = {0}, kg = {0};
+    /* residual sum, bias and relu (accumulate), then relu + bias (cuDNN's fused call), then plain */
+    eng_conv_desc acc = {cc->stride, cc->pad, true, true}, rb = {cc->stride, cc->pad, true, false},
+                  plain = {cc->stride, cc->pad, false, false};
+    BOTH(eng_conv2d_fwd(cpu, &y.c, &x.c, &w.c, &b.c, &acc, &kc), eng_conv2d_fwd(g, &y.g, &x.g, &w.g, &b.g, &acc, &kg));
+    CMP(g, &y, tol, "%s %s %s fwd bias+sum+relu", mode, cc->name, lname(ly));
+    BOTH(eng_conv2d_fwd(cpu, &y.c, &x.c, &w.c, &b.c, &rb, &kc), eng_conv2d_fwd(g, &y.g, &x.g, &w.g, &b.g, &rb, &kg));
+    CMP(g, &y, tol, "%s %s %s fwd bias+relu", mode, cc->name, lname(ly));
+    BOTH(eng_conv2d_fwd(cpu, &y.c, &x.c, &w.c, &b.c, &plain, &kc),
+         eng_conv2d_fwd(g, &y.g, &x.g, &w.g, &b.g, &plain, &kg));
+    CMP(g, &y, tol, "%s %s %s fwd bias", mode, cc->name, lname(ly));
+    BOTH(eng_conv2d_fwd(cpu, &y.c, &x.c, &w.c, NULL, &plain, NULL),
+         eng_conv2d_fwd(g, &y.g, &x.g, &w.g, NULL, &plain, NULL));
+    CMP(g, &y, tol, "%s %s %s fwd no bias, no cache", mode, cc->name, lname(ly));
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_conv2d_bwd_data(cpu, &gx.c, &gy.c, &w.c, &plain, a, &kc),
+             eng_conv2d_bwd_data(g, &gx.g, &gy.g, &w.g, &plain, a, &kg));
+        CMP(g, &gx, tol, "%s %s %s bwd data%s", mode, cc->name, lname(ly), a ? " accumulate" : "");
+        BOTH(eng_conv2d_bwd_filter(cpu, &gw.c, &gb.c, &x.c, &gy.c, &plain, a, &kc),
+             eng_conv2d_bwd_filter(g, &gw.g, &gb.g, &x.g, &gy.g, &plain, a, &kg));
+        CMP(g, &gw, tol, "%s %s %s bwd filter%s", mode, cc->name, lname(ly), a ? " accumulate" : "");
+        CMP(g, &gb, TOL_FP32, "%s %s %s bwd bias%s", mode, cc->name, lname(ly), a ? " accumulate" : "");
+    }
+    eng_op_cache_cleanup(&kc);
+    eng_op_cache_cleanup(&kg);
+    pair *all[] = {&x, &w, &b, &y, &gy, &gx, &gw, &gb};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(g, all[i]);
+}
+
+static const conv_case conv_cases[] = {
+    {"3x3 s1 p1", 2, 16, 9, 10, 24, 3, 1, 1},   {"3x3 s2 p1", 2, 16, 9, 8, 32, 3, 2, 1},
+    {"3x3 s2 p0", 2, 8, 9, 9, 8, 3, 2, 0},      {"1x1 s1", 2, 32, 6, 7, 16, 1, 1, 0},
+    {"1x1 s2", 2, 16, 8, 8, 32, 1, 2, 0},       {"7x7 s2 p3 stem", 2, 3, 20, 18, 16, 7, 2, 3},
+    {"3x3 s1 p1 3ch", 2, 3, 8, 8, 16, 3, 1, 1}, {"5x5 p2 odd", 2, 5, 7, 7, 6, 5, 1, 2},
+};
+#define N_CONV (sizeof conv_cases / sizeof *conv_cases)
+
+static void test_conv_fp32(void)
+{
+    NEED_GPU();
+    for (size_t i = 0; i < N_CONV; i++) {
+        check_conv(gpu, TOL_FP32, &conv_cases[i], ENG_LAYOUT_NCHW);
+        check_conv(gpu, TOL_FP32, &conv_cases[i], ENG_LAYOUT_NHWC);
+    }
+}
+
+static void test_conv_tf32(void)
+{
+    NEED_GPU();
+    for (size_t i = 0; i < N_CONV; i++) {
+        check_conv(gpu_tf32, TOL_TF32, &conv_cases[i], ENG_LAYOUT_NCHW);
+        check_conv(gpu_tf32, TOL_TF32, &conv_cases[i], ENG_LAYOUT_NHWC);
+    }
+}
+
+/* ---- batch norm, affine, folding, channel sums ---- */
+
+static void check_bn(int ndim, eng_layout l, int N, int C, int H, int W)
+{
+    int64_t d[4] = {N, C, H, W}, dc[1] = {C};
+    pair x, gy, y, dx, gam, bet, rm, rv, sm, si, dg, dbt;
+    REQUIRE_OK(pair_new(&x, gpu, ndim, d, l, 11, -2, 3)); /* a mean far from 0 */
+    REQUIRE_OK(pair_new(&gy, gpu, ndim, d, l, 12, -1, 1));
+    REQUIRE_OK(pair_new(&y, gpu, ndim, d, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&dx, gpu, ndim, d, l, 19, -1, 1));
+    REQUIRE_OK(pair_new(&gam, gpu, 1, dc, l, 13, 0.5f, 1.5f));
+    REQUIRE_OK(pair_new(&bet, gpu, 1, dc, l, 14, -0.5f, 0.5f));
+    REQUIRE_OK(pair_new(&rm, gpu, 1, dc, l, 15, -0.1f, 0.1f));
+    REQUIRE_OK(pair_new(&rv, gpu, 1, dc, l, 16, 0.5f, 2));
+    REQUIRE_OK(pair_new(&sm, gpu, 1, dc, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&si, gpu, 1, dc, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&dg, gpu, 1, dc, l, 17, -1, 1));
+    REQUIRE_OK(pair_new(&dbt, gpu, 1, dc, l, 18, -1, 1));
+    const char *ln = ndim == 4 ? lname(l) : "2-D";
+    BOTH(eng_bn_train_fwd(cpu, &y.c, &x.c, &gam.c, &bet.c, &rm.c, &rv.c, &sm.c, &si.c, 0.1f, 1e-5f),
+         eng_bn_train_fwd(gpu, &y.g, &x.g, &gam.g, &bet.g, &rm.g, &rv.g, &sm.g, &si.g, 0.1f, 1e-5f));
+    CMP(gpu, &y, TOL_FP32, "bn fwd %s [%d,%d,%d,%d] y", ln, N, C, H, W);
+    CMP(gpu, &sm, TOL_FP32, "bn fwd %s save_mean", ln);
+    CMP(gpu, &si, TOL_FP32, "bn fwd %s save_invstd", ln);
+    CMP(gpu, &rm, TOL_FP32, "bn fwd %s running_mean", ln);
+    CMP(gpu, &rv, TOL_FP32, "bn fwd %s running_var", ln);
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_bn_train_bwd(cpu, &dx.c, &dg.c, &dbt.c, &gy.c, &x.c, &gam.c, &sm.c, &si.c, a),
+             eng_bn_train_bwd(gpu, &dx.g, &dg.g, &dbt.g, &gy.g, &x.g, &gam.g, &sm.g, &si.g, a));
+        CMP(gpu, &dx, TOL_FP32, "bn bwd %s dx%s", ln, a ? " accumulate" : "");
+        CMP(gpu, &dg, TOL_FP32, "bn bwd %s dgamma%s", ln, a ? " accumulate" : "");
+        CMP(gpu, &dbt, TOL_FP32, "bn bwd %s dbeta%s", ln, a ? " accumulate" : "");
+    }
+    BOTH(eng_bn_train_bwd(cpu, NULL, &dg.c, NULL, &gy.c, &x.c, &gam.c, &sm.c, &si.c, false),
+         eng_bn_train_bwd(gpu, NULL, &dg.g, NULL, &gy.g, &x.g, &gam.g, &sm.g, &si.g, false));
+    CMP(gpu, &dg, TOL_FP32, "bn bwd %s dgamma only", ln);
+    pair *all[] = {&x, &gy, &y, &dx, &gam, &bet, &rm, &rv, &sm, &si, &dg, &dbt};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+static void test_batchnorm(void)
+{
+    NEED_GPU();
+    check_bn(4, ENG_LAYOUT_NCHW, 3, 16, 5, 4);
+    check_bn(4, ENG_LAYOUT_NHWC, 3, 16, 5, 4);
+    check_bn(4, ENG_LAYOUT_NCHW, 2, 24, 31, 33); /* several splits per channel */
+    check_bn(4, ENG_LAYOUT_NHWC, 2, 40, 31, 33);
+    check_bn(2, ENG_LAYOUT_NCHW, 37, 48, 1, 1);
+}
+
+static void test_affine_and_fold(void)
+{
+    NEED_GPU();
+    int64_t d[4] = {2, 16, 5, 3}, dc[1] = {16};
+    const eng_layout ls[2] = {ENG_LAYOUT_NCHW, ENG_LAYOUT_NHWC};
+    for (int li = 0; li < 2; li++) {
+        eng_layout l = ls[li];
+        pair x, g, y, dx, sc, sh, s1, s2;
+        REQUIRE_OK(pair_new(&x, gpu, 4, d, l, 21, -1, 1));
+        REQUIRE_OK(pair_new(&g, gpu, 4, d, l, 22, -1, 1));
+        REQUIRE_OK(pair_new(&y, gpu, 4, d, l, 0, 0, 0));
+        REQUIRE_OK(pair_new(&dx, gpu, 4, d, l, 25, -1, 1));
+        REQUIRE_OK(pair_new(&sc, gpu, 1, dc, l, 23, -2, 2));
+        REQUIRE_OK(pair_new(&sh, gpu, 1, dc, l, 24, -1, 1));
+        REQUIRE_OK(pair_new(&s1, gpu, 1, dc, l, 0, 0, 0));
+        REQUIRE_OK(pair_new(&s2, gpu, 1, dc, l, 0, 0, 0));
+        for (int relu = 0; relu < 2; relu++) {
+            BOTH(eng_channel_affine_fwd(cpu, &y.c, &x.c, &sc.c, relu ? &sh.c : NULL, relu),
+                 eng_channel_affine_fwd(gpu, &y.g, &x.g, &sc.g, relu ? &sh.g : NULL, relu));
+            CMP(gpu, &y, TOL_FP32, "channel affine %s%s", lname(l), relu ? " shift relu" : "");
+        }
+        for (int a = 1; a >= 0; a--) {
+            BOTH(eng_channel_affine_bwd(cpu, &dx.c, &g.c, &sc.c, a),
+                 eng_channel_affine_bwd(gpu, &dx.g, &g.g, &sc.g, a));
+            CMP(gpu, &dx, TOL_FP32, "channel affine bwd %s%s", lname(l), a ? " accumulate" : "");
+        }
+        BOTH(eng_channel_sums(cpu, &s1.c, &s2.c, &g.c, &x.c), eng_channel_sums(gpu, &s1.g, &s2.g, &g.g, &x.g));
+        CMP(gpu, &s1, TOL_FP32, "channel sums %s sum dy", lname(l));
+        CMP(gpu, &s2, TOL_FP32, "channel sums %s sum dy x", lname(l));
+        BOTH(eng_channel_sums(cpu, &s1.c, NULL, &g.c, NULL), eng_channel_sums(gpu, &s1.g, NULL, &g.g, NULL));
+        CMP(gpu, &s1, TOL_FP32, "channel sums %s sum dy only", lname(l));
+        pair *all[] = {&x, &g, &y, &dx, &sc, &sh, &s1, &s2};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            pair_free(gpu, all[i]);
+    }
+    int64_t dw[4] = {6, 4, 3, 3}, dk[1] = {6};
+    pair w, wf, b, bf, s, ga, be, mu, va;
+    REQUIRE_OK(pair_new(&w, gpu, 4, dw, ENG_LAYOUT_NCHW, 31, -1, 1));
+    REQUIRE_OK(pair_new(&wf, gpu, 4, dw, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&b, gpu, 1, dk, ENG_LAYOUT_NCHW, 32, -1, 1));
+    REQUIRE_OK(pair_new(&bf, gpu, 1, dk, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&s, gpu, 1, dk, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&ga, gpu, 1, dk, ENG_LAYOUT_NCHW, 33, 0.5f, 1.5f));
+    REQUIRE_OK(pair_new(&be, gpu, 1, dk, ENG_LAYOUT_NCHW, 34, -1, 1));
+    REQUIRE_OK(pair_new(&mu, gpu, 1, dk, ENG_LAYOUT_NCHW, 35, -1, 1));
+    REQUIRE_OK(pair_new(&va, gpu, 1, dk, ENG_LAYOUT_NCHW, 36, 0.5f, 2));
+    for (int withb = 1; withb >= 0; withb--) {
+        BOTH(eng_fold_bn(cpu, &wf.c, &bf.c, withb ? &s.c : NULL, &w.c, withb ? &b.c : NULL, &ga.c, &be.c, &mu.c, &va.c,
+                         1e-5f),
+             eng_fold_bn(gpu, &wf.g, &bf.g, withb ? &s.g : NULL, &w.g, withb ? &b.g : NULL, &ga.g, &be.g, &mu.g, &va.g,
+                         1e-5f));
+        CMP(gpu, &wf, TOL_FP32, "fold_bn weights%s", withb ? " (conv bias)" : "");
+        CMP(gpu, &bf, TOL_FP32, "fold_bn bias%s", withb ? " (conv bias)" : "");
+    }
+    CMP(gpu, &s, TOL_FP32, "fold_bn scale");
+    pair *all[] = {&w, &wf, &b, &bf, &s, &ga, &be, &mu, &va};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+/* ---- pooling, resizing ---- */
+
+static void check_maxpool(eng_layout l, int N, int C, int H, int W, int k, int st, int pad, int ties)
+{
+    const int P = (H + 2 * pad - k) / st + 1, Q = (W + 2 * pad - k) / st + 1;
+    int64_t dx_[4] = {N, C, H, W}, dy[4] = {N, C, P, Q};
+    pair x, y, gy, gx;
+    REQUIRE_OK(pair_new(&x, gpu, 4, dx_, l, 51, 0, 0));
+    if (ties) { /* few distinct values: the first maximum of each window must win on both */
+        for (long i = 0; i < (long)eng_tensor_numel(&x.c); i++)
+            x.c.data[i] = floorf(x.c.data[i] * 2.0f) / 2.0f;
+        REQUIRE_OK(eng_ctx_upload(gpu, &x.g, &x.c));
+    }
+    REQUIRE_OK(pair_new(&y, gpu, 4, dy, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&gy, gpu, 4, dy, l, 52, -1, 1));
+    REQUIRE_OK(pair_new(&gx, gpu, 4, dx_, l, 53, -1, 1));
+    BOTH(eng_maxpool_fwd(cpu, &y.c, &x.c, k, st, pad, NULL), eng_maxpool_fwd(gpu, &y.g, &x.g, k, st, pad, NULL));
+    CMP(gpu, &y, 0.0, "maxpool %d/%d/%d %s%s", k, st, pad, lname(l), ties ? " ties" : "");
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_maxpool_bwd(cpu, &gx.c, &gy.c, &x.c, k, st, pad, a, NULL),
+             eng_maxpool_bwd(gpu, &gx.g, &gy.g, &x.g, k, st, pad, a, NULL));
+        CMP(gpu, &gx, TOL_FP32, "maxpool bwd %d/%d/%d %s%s%s", k, st, pad, lname(l), ties ? " ties" : "",
+            a ? " accumulate" : "");
+    }
+    pair *all[] = {&x, &y, &gy, &gx};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+static void check_gap(eng_layout l, int N, int C, int H, int W)
+{
+    int64_t dx_[4] = {N, C, H, W}, dy[2] = {N, C};
+    pair x, y, gy, gx;
+    REQUIRE_OK(pair_new(&x, gpu, 4, dx_, l, 61, -1, 1));
+    REQUIRE_OK(pair_new(&y, gpu, 2, dy, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&gy, gpu, 2, dy, l, 62, -1, 1));
+    REQUIRE_OK(pair_new(&gx, gpu, 4, dx_, l, 63, -1, 1));
+    BOTH(eng_gap_fwd(cpu, &y.c, &x.c), eng_gap_fwd(gpu, &y.g, &x.g));
+    CMP(gpu, &y, TOL_FP32, "gap %s", lname(l));
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_gap_bwd(cpu, &gx.c, &gy.c, a), eng_gap_bwd(gpu, &gx.g, &gy.g, a));
+        CMP(gpu, &gx, TOL_FP32, "gap bwd %s%s", lname(l), a ? " accumulate" : "");
+    }
+    pair *all[] = {&x, &y, &gy, &gx};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+static void test_pooling(void)
+{
+    NEED_GPU();
+    const eng_layout ls[2] = {ENG_LAYOUT_NCHW, ENG_LAYOUT_NHWC};
+    for (int li = 0; li < 2; li++) {
+        check_maxpool(ls[li], 2, 16, 11, 12, 3, 2, 1, 0); /* the ResNet stem pool */
+        check_maxpool(ls[li], 2, 16, 11, 12, 3, 2, 1, 1);
+        check_maxpool(ls[li], 2, 8, 8, 8, 2, 2, 0, 0);
+        check_maxpool(ls[li], 1, 8, 7, 6, 3, 1, 1, 1); /* overlapping windows */
+        check_gap(ls[li], 3, 32, 7, 5);
+    }
+}
+
+static void check_upsample(int N, int C, int H, int W, int P, int Q)
+{
+    int64_t dx_[4] = {N, C, H, W}, dy[4] = {N, C, P, Q};
+    pair x, y, gy, gx;
+    REQUIRE_OK(pair_new(&x, gpu, 4, dx_, ENG_LAYOUT_NCHW, 71, -1, 1));
+    REQUIRE_OK(pair_new(&y, gpu, 4, dy, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&gy, gpu, 4, dy, ENG_LAYOUT_NCHW, 72, -1, 1));
+    REQUIRE_OK(pair_new(&gx, gpu, 4, dx_, ENG_LAYOUT_NCHW, 73, -1, 1));
+    BOTH(eng_upsample_fwd(cpu, &y.c, &x.c), eng_upsample_fwd(gpu, &y.g, &x.g));
+    CMP(gpu, &y, TOL_FP32, "upsample %dx%d -> %dx%d", H, W, P, Q);
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_upsample_bwd(cpu, &gx.c, &gy.c, a), eng_upsample_bwd(gpu, &gx.g, &gy.g, a));
+        CMP(gpu, &gx, TOL_FP32, "upsample bwd %dx%d -> %dx%d%s", H, W, P, Q, a ? " accumulate" : "");
+    }
+    pair *all[] = {&x, &y, &gy, &gx};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+static void test_upsample(void)
+{
+    NEED_GPU();
+    check_upsample(2, 3, 5, 7, 12, 9);
+    check_upsample(2, 3, 9, 8, 4, 5);
+    check_upsample(1, 2, 1, 3, 4, 3);
+    if (!small_only)
+        check_upsample(2, 3, 32, 32, 224, 224);
+}
+
+/* ---- fully connected ---- */
+
+static void check_linear(eng_ctx *g, double tol, int N, int I, int O)
+{
+    const char *mode = g == gpu ? "fp32" : "tf32";
+    int64_t dx_[2] = {N, I}, dw[2] = {O, I}, dy[2] = {N, O}, db[1] = {O};
+    pair x, w, b, y, gy, gx, gw, gb;
+    REQUIRE_OK(pair_new(&x, g, 2, dx_, ENG_LAYOUT_NCHW, 81, -1, 1));
+    REQUIRE_OK(pair_new(&w, g, 2, dw, ENG_LAYOUT_NCHW, 82, -0.5f, 0.5f));
+    REQUIRE_OK(pair_new(&b, g, 1, db, ENG_LAYOUT_NCHW, 83, -1, 1));
+    REQUIRE_OK(pair_new(&y, g, 2, dy, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&gy, g, 2, dy, ENG_LAYOUT_NCHW, 84, -1, 1));
+    REQUIRE_OK(pair_new(&gx, g, 2, dx_, ENG_LAYOUT_NCHW, 85, -1, 1));
+    REQUIRE_OK(pair_new(&gw, g, 2, dw, ENG_LAYOUT_NCHW, 86, -1, 1));
+    REQUIRE_OK(pair_new(&gb, g, 1, db, ENG_LAYOUT_NCHW, 87, -1, 1));
+    BOTH(eng_linear_fwd(cpu, &y.c, &x.c, &w.c, &b.c), eng_linear_fwd(g, &y.g, &x.g, &w.g, &b.g));
+    CMP(g, &y, tol, "%s linear [%d,%d]x[%d,%d] fwd", mode, N, I, O, I);
+    BOTH(eng_linear_fwd(cpu, &y.c, &x.c, &w.c, NULL), eng_linear_fwd(g, &y.g, &x.g, &w.g, NULL));
+    CMP(g, &y, tol, "%s linear fwd no bias", mode);
+    for (int a = 1; a >= 0; a--) {
+        BOTH(eng_linear_bwd_data(cpu, &gx.c, &gy.c, &w.c, a), eng_linear_bwd_data(g, &gx.g, &gy.g, &w.g, a));
+        CMP(g, &gx, tol, "%s linear bwd data%s", mode, a ? " accumulate" : "");
+        BOTH(eng_linear_bwd_weight(cpu, &gw.c, &gb.c, &x.c, &gy.c, a),
+             eng_linear_bwd_weight(g, &gw.g, &gb.g, &x.g, &gy.g, a));
+        CMP(g, &gw, tol, "%s linear bwd weight%s", mode, a ? " accumulate" : "");
+        CMP(g, &gb, TOL_FP32, "%s linear bwd bias%s", mode, a ? " accumulate" : "");
+    }
+    pair *all[] = {&x, &w, &b, &y, &gy, &gx, &gw, &gb};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(g, all[i]);
+}
+
+static void test_linear(void)
+{
+    NEED_GPU();
+    check_linear(gpu, TOL_FP32, 7, 33, 10);
+    check_linear(gpu, TOL_FP32, 64, 512, 100);
+    check_linear(gpu_tf32, TOL_TF32, 7, 33, 10);
+    check_linear(gpu_tf32, TOL_TF32, 64, 512, 100);
+}
+
+/* ---- loss and optimiser ---- */
+
+static void check_xent(int N, int K, float lo, float hi)
+{
+    int64_t dz[2] = {N, K}, dn[1] = {N};
+    int32_t *labels = malloc((size_t)N * sizeof *labels);
+    REQUIRE(labels);
+    for (int n = 0; n < N; n++)
+        labels[n] = (int32_t)((n * 7 + 3) % K);
+    pair z, g, per;
+    REQUIRE_OK(pair_new(&z, gpu, 2, dz, ENG_LAYOUT_NCHW, 101, lo, hi));
+    REQUIRE_OK(pair_new(&g, gpu, 2, dz, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&per, gpu, 1, dn, ENG_LAYOUT_NCHW, 0, 0, 0));
+    double lc = 0, lg = 0;
+    BOTH(eng_xent(cpu, &z.c, labels, &lc, &per.c, &g.c, 1.0f / (float)N),
+         eng_xent(gpu, &z.g, labels, &lg, &per.g, &g.g, 1.0f / (float)N));
+    double e = fabs(lg - lc) / fmax(fabs(lc), 1e-30);
+    printf("# xent [%d,%d] loss %.9g vs %.9g rel err %.3g\n", N, K, lg, lc, e);
+    CHECKF(e <= 1e-6, "xent [%d,%d] loss %.9g vs %.9g", N, K, lg, lc);
+    CMP(gpu, &per, TOL_FP32, "xent [%d,%d] per example", N, K);
+    CMP(gpu, &g, TOL_FP32, "xent [%d,%d] dlogits", N, K);
+    BOTH(eng_xent(cpu, &z.c, labels, NULL, NULL, &g.c, 2.0f), eng_xent(gpu, &z.g, labels, NULL, NULL, &g.g, 2.0f));
+    CMP(gpu, &g, TOL_FP32, "xent [%d,%d] dlogits only", N, K);
+    free(labels);
+    pair_free(gpu, &z), pair_free(gpu, &g), pair_free(gpu, &per);
+}
+
+static void test_xent(void)
+{
+    NEED_GPU();
+    check_xent(5, 7, -30, 30); /* large logits: the log-sum-exp must not overflow */
+    check_xent(300, 10, -3, 3);
+    check_xent(3, 1000, -5, 5);
+}
+
+static void check_sgd(float momentum, float dampening, float wd, bool nesterov)
+{
+    int64_t d[1] = {1000};
+    pair p, g, buf;
+    REQUIRE_OK(pair_new(&p, gpu, 1, d, ENG_LAYOUT_NCHW, 111, -1, 1));
+    REQUIRE_OK(pair_new(&g, gpu, 1, d, ENG_LAYOUT_NCHW, 0, 0, 0));
+    REQUIRE_OK(pair_new(&buf, gpu, 1, d, ENG_LAYOUT_NCHW, 0, 0, 0));
+    eng_sgd_desc sd = {0.1f, momentum, dampening, wd, nesterov};
+    for (int step = 0; step < 3; step++) {
+        fill_uniform(g.c.data, 1000, 112 + (uint64_t)step, -1, 1);
+        REQUIRE_OK(eng_ctx_upload(gpu, &g.g, &g.c));
+        BOTH(eng_sgd_step(cpu, &p.c, &g.c, &buf.c, &sd, step == 0),
+             eng_sgd_step(gpu, &p.g, &g.g, &buf.g, &sd, step == 0));
+    }
+    CMP(gpu, &p, TOL_FP32, "sgd m%.1f d%.1f wd%.3g nesterov %d", momentum, dampening, wd, nesterov);
+    if (momentum > 0)
+        CMP(gpu, &buf, TOL_FP32, "sgd m%.1f momentum buffer", momentum);
+    pair_free(gpu, &p), pair_free(gpu, &g), pair_free(gpu, &buf);
+}
+
+static void test_sgd(void)
+{
+    NEED_GPU();
+    check_sgd(0, 0, 0, false);
+    check_sgd(0.9f, 0, 5e-4f, false);
+    check_sgd(0.9f, 0, 5e-4f, true);
+    check_sgd(0.5f, 0.3f, 0.01f, false);
+}
+
+/* ---- attack kernels ---- */
+
+static void check_attack_losses(int N, int K)
+{
+    int64_t dz[2] = {N, K}, dn[1] = {N};
+    int32_t *labels = malloc((size_t)N * sizeof *labels);
+    REQUIRE(labels);
+    for (int n = 0; n < N; n++)
+        labels[n] = (int32_t)((n * 5 + 1) % K);
+    pair z, g, per;
+    REQUIRE_OK(pair_new(&z, gpu, 2, dz, ENG_LAYOUT_NCHW, 121, -4, 4));
+    REQUIRE_OK(pair_new(&g, gpu, 2, dz, ENG_LAYOUT_NCHW, 122, -1, 1));
+    REQUIRE_OK(pair_new(&per, gpu, 1, dn, ENG_LAYOUT_NCHW, 0, 0, 0));
+    for (int kappa = 0; kappa <= 5; kappa += 5) {
+        double lc = 0, lg = 0;
+        BOTH(eng_margin_loss(cpu, &z.c, labels, (float)kappa, &lc, &per.c, &g.c, 0.5f),
+             eng_margin_loss(gpu, &z.g, labels, (float)kappa, &lg, &per.g, &g.g, 0.5f));
+        CHECKF(fabs(lg - lc) <= 1e-6 * fmax(1, fabs(lc)), "margin [%d,%d] kappa %d: %.9g vs %.9g", N, K, kappa, lg, lc);
+        CMP(gpu, &per, TOL_FP32, "margin [%d,%d] kappa %d per example", N, K, kappa);
+        CMP(gpu, &g, 0.0, "margin [%d,%d] kappa %d dlogits", N, K, kappa);
+    }
+    if (K >= 3) {
+        double lc = 0, lg = 0;
+        BOTH(eng_dlr_loss(cpu, &z.c, labels, &lc, &per.c, &g.c, 0.25f),
+             eng_dlr_loss(gpu, &z.g, labels, &lg, &per.g, &g.g, 0.25f));
+        CHECKF(fabs(lg - lc) <= 1e-6 * fmax(1, fabs(lc)), "dlr [%d,%d]: %.9g vs %.9g", N, K, lg, lc);
+        CMP(gpu, &per, TOL_FP32, "dlr [%d,%d] per example", N, K);
+        CMP(gpu, &g, TOL_FP32, "dlr [%d,%d] dlogits", N, K);
+        BOTH(eng_dlr_loss(cpu, &z.c, labels, NULL, NULL, &g.c, 1.0f),
+             eng_dlr_loss(gpu, &z.g, labels, NULL, NULL, &g.g, 1.0f));
+        CMP(gpu, &g, TOL_FP32, "dlr [%d,%d] dlogits only", N, K);
+    }
+    free(labels);
+    pair_free(gpu, &z), pair_free(gpu, &g), pair_free(gpu, &per);
+}
+
+static void check_attack_steps(eng_layout l)
+{
+    enum { N = 3 };
+    int64_t d[4] = {N, 8, 5, 6};
+    const float eps = 8.0f / 255;
+    pair x0, x, xp, g, xn;
+    REQUIRE_OK(pair_new(&x0, gpu, 4, d, l, 131, 0, 1));
+    REQUIRE_OK(pair_new(&x, gpu, 4, d, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&xp, gpu, 4, d, l, 0, 0, 0));
+    REQUIRE_OK(pair_new(&g, gpu, 4, d, l, 132, -1, 1));
+    REQUIRE_OK(pair_new(&xn, gpu, 4, d, l, 0, 0, 0));
+    for (int norm = 0; norm < 2; norm++) {
+        BOTH(eng_linf_random_start(cpu, &x.c, &x0.c, eps, 55, norm),
+             eng_linf_random_start(gpu, &x.g, &x0.g, eps, 55, norm));
+        CMP(gpu, &x, TOL_FP32, "random start %s%s", lname(l), norm ? " normalised" : "");
+    }
+    BOTH(eng_linf_random_start(cpu, &xp.c, &x0.c, eps, 56, false),
+         eng_linf_random_start(gpu, &xp.g, &x0.g, eps, 56, false));
+    BOTH(eng_linf_sign_step(cpu, &x.c, &g.c, &x0.c, 2.0f / 255, eps),
+         eng_linf_sign_step(gpu, &x.g, &g.g, &x0.g, 2.0f / 255, eps));
+    CMP(gpu, &x, TOL_FP32, "l_inf sign step %s", lname(l));
+    const float eta[N] = {0.05f, 0.01f, 0.002f};
+    BOTH(eng_apgd_step(cpu, &xn.c, &x.c, &xp.c, &g.c, &x0.c, eta, eps, 0.75f),
+         eng_apgd_step(gpu, &xn.g, &x.g, &xp.g, &g.g, &x0.g, eta, eps, 0.75f));
+    CMP(gpu, &xn, TOL_FP32, "APGD step %s", lname(l));
+    double mc = 0, mg = 0;
+    bool uc = false, ug = false;
+    BOTH(eng_linf_dist(cpu, &xn.c, &x0.c, &mc, &uc), eng_linf_dist(gpu, &xn.g, &x0.g, &mg, &ug));
+    CHECKF(fabs(mc - mg) <= 1e-7 && uc == ug && ug, "linf_dist %s: %.9g/%d vs %.9g/%d", lname(l), mg, ug, mc, uc);
+    BOTH(eng_linf_dist(cpu, &g.c, &x0.c, &mc, &uc), eng_linf_dist(gpu, &g.g, &x0.g, &mg, &ug));
+    CHECKF(fabs(mc - mg) <= 1e-7 && uc == ug && !ug, "linf_dist outside %s: %.9g/%d vs %.9g/%d", lname(l), mg, ug, mc,
+           uc);
+    /* rows: gather, scatter, copy, and a permutation within one tensor */
+    const int32_t gi[N] = {2, 0, 2}, si[N] = {1, 2, 0}, ci[2] = {2, 0};
+    BOTH(eng_gather_rows(cpu, &xn.c, &g.c, gi), eng_gather_rows(gpu, &xn.g, &g.g, gi));
+    CMP(gpu, &xn, 0.0, "gather rows %s", lname(l));
+    BOTH(eng_scatter_rows(cpu, &xn.c, &x0.c, si), eng_scatter_rows(gpu, &xn.g, &x0.g, si));
+    CMP(gpu, &xn, 0.0, "scatter rows %s", lname(l));
+    BOTH(eng_copy_rows(cpu, &xn.c, &g.c, ci, 2), eng_copy_rows(gpu, &xn.g, &g.g, ci, 2));
+    CMP(gpu, &xn, 0.0, "copy rows %s", lname(l));
+    BOTH(eng_gather_rows(cpu, &xn.c, &xn.c, si), eng_gather_rows(gpu, &xn.g, &xn.g, si));
+    CMP(gpu, &xn, 0.0, "gather rows in place %s", lname(l));
+    pair *all[] = {&x0, &x, &xp, &g, &xn};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        pair_free(gpu, all[i]);
+}
+
+static void test_attack_ops(void)
+{
+    NEED_GPU();
+    check_attack_losses(7, 10);
+    check_attack_losses(40, 2);
+    check_attack_losses(5, 1000);
+    check_attack_steps(ENG_LAYOUT_NCHW);
+    check_attack_steps(ENG_LAYOUT_NHWC);
+}
+
+/* ---- whole models: the same weights on both backends ---- */
+
+typedef struct model_run {
+    eng_model *m;
+    eng_tensor x, dlogits;
+    const eng_tensor *logits, *dx;
+} model_run;
+
+static eng_status model_setup(model_run *r, eng_ctx *ctx, const char *arch, int classes, const eng_tensor *hx,
+                              const eng_tensor *hdl)
+{
+    memset(r, 0, sizeof *r);
+    eng_model_spec spec = {.arch = arch, .num_classes = classes};
+    eng_status s = eng_model_new(ctx, &spec, &r->m);
+    if (s == ENG_OK)
+        s = eng_model_init(r->m, 1234);
+    if (s == ENG_OK)
+        s = eng_ctx_tensor_alloc(ctx, &r->x, 4, hx->dim, ENG_LAYOUT_NCHW);
+    if (s == ENG_OK)
+        s = eng_ctx_upload(ctx, &r->x, hx);
+    if (s == ENG_OK && hdl)
+        s = eng_ctx_tensor_alloc(ctx, &r->dlogits, 2, hdl->dim, ENG_LAYOUT_NCHW);
+    if (s == ENG_OK && hdl)
+        s = eng_ctx_upload(ctx, &r->dlogits, hdl);
+    return s;
+}
+
+static void model_cleanup(model_run *r, eng_ctx *ctx)
+{
+    eng_model_free(r->m);
+    eng_ctx_tensor_free(ctx, &r->x);
+    eng_ctx_tensor_free(ctx, &r->dlogits);
+}
+
+/* Relative L2 error of a device tensor of `g` against a tensor of `cpu`. */
+static double dev_err(eng_ctx *g, const eng_tensor *gt, const eng_tensor *ct)
+{
+    eng_tensor h = ENG_TENSOR_INIT, c = ENG_TENSOR_INIT;
+    double e = -1;
+    if (eng_tensor_alloc_host(&h, gt->ndim, gt->dim, ENG_LAYOUT_NCHW) == ENG_OK &&
+        eng_tensor_alloc_host(&c, ct->ndim, ct->dim, ENG_LAYOUT_NCHW) == ENG_OK &&
+        eng_ctx_download(g, &h, gt) == ENG_OK && eng_ctx_download(cpu, &c, ct) == ENG_OK)
+        e = t_rel_err(h.data, c.data, (long)eng_tensor_numel(&h));
+    eng_tensor_cleanup(&h);
+    eng_tensor_cleanup(&c);
+    return e;
+}
+
+#define CMPDEV(g, gt, ct, tol, ...)                                                                                    \
+    do {                                                                                                               \
+        char tag_[160];                                                                                                \
+        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
+        double e_ = dev_err(g, gt, ct);                                                                                \
+        printf("# %-52s rel err %.3g\n", tag_, e_);                                                                    \
+        CHECKF(e_ >= 0 && e_ <= (tol), "%s: rel err %.3g > %.1g", tag_, e_, tol);                                      \
+    } while (0)
+
+/* Eval logits (and, with gtol > 0, the input gradient to within gtol); with `train`, also
+ * training-mode logits, the gradients of a few parameters and running statistics. */
+static void check_model(eng_ctx *g, const char *arch, int N, int C, int S, int classes, double tol, double gtol,
+                        int train, const char **params, int n_params)
+{
+    const char *mode = g == gpu ? "fp32" : "tf32";
+    eng_tensor hx = ENG_TENSOR_INIT, hdl = ENG_TENSOR_INIT;
+    eng_tensor_alloc4(&hx, N, C, S, S);
+    eng_tensor_alloc2(&hdl, N, classes);
+    fill_uniform(hx.data, (long)eng_tensor_numel(&hx), 201, 0, 1);
+    fill_uniform(hdl.data, (long)eng_tensor_numel(&hdl), 202, -1, 1);
+    model_run rc, rg;
+    REQUIRE_OK(model_setup(&rc, cpu, arch, classes, &hx, &hdl));
+    REQUIRE_OK(model_setup(&rg, g, arch, classes, &hx, &hdl));
+    eng_forward_opts eval = {ENG_MODE_EVAL, gtol > 0 ? ENG_GRAD_INPUT : ENG_GRAD_NONE, 0};
+    REQUIRE_OK(eng_model_forward(rc.m, &rc.x, &eval, &rc.logits));
+    REQUIRE_OK(eng_model_forward(rg.m, &rg.x, &eval, &rg.logits));
+    CMPDEV(g, rg.logits, rc.logits, tol, "%s %s eval logits", mode, arch);
+    if (gtol > 0) {
+        REQUIRE_OK(eng_model_backward(rc.m, &rc.dlogits, NULL, &rc.dx));
+        REQUIRE_OK(eng_model_backward(rg.m, &rg.dlogits, NULL, &rg.dx));
+        CMPDEV(g, rg.dx, rc.dx, gtol, "%s %s eval input gradient", mode, arch);
+    }
+    if (train) {
+        eng_forward_opts tr = {ENG_MODE_TRAIN, ENG_GRAD_PARAMS | ENG_GRAD_INPUT, 99};
+        REQUIRE_OK(eng_model_forward(rc.m, &rc.x, &tr, &rc.logits));
+        REQUIRE_OK(eng_model_forward(rg.m, &rg.x, &tr, &rg.logits));
+        CMPDEV(g, rg.logits, rc.logits, tol, "%s %s train logits", mode, arch);
+        REQUIRE_OK(eng_model_backward(rc.m, &rc.dlogits, NULL, &rc.dx));
+        REQUIRE_OK(eng_model_backward(rg.m, &rg.dlogits, NULL, &rg.dx));
+        CMPDEV(g, rg.dx, rc.dx, 10 * gtol, "%s %s train input gradient", mode, arch);
+        for (int i = 0; i < n_params; i++) {
+            eng_param *pc = eng_model_find(rc.m, params[i]), *pg = eng_model_find(rg.m, params[i]);
+            REQUIRE(pc && pg);
+            if (pc->buffer)
+                CMPDEV(g, &pg->value, &pc->value, tol, "%s %s %s after a step", mode, arch, params[i]);
+            else
+                CMPDEV(g, &pg->grad, &pc->grad, 10 * gtol, "%s %s grad %s", mode, arch, params[i]);
+        }
+    }
+    model_cleanup(&rc, cpu);
+    model_cleanup(&rg, g);
+    eng_tensor_cleanup(&hx);
+    eng_tensor_cleanup(&hdl);
+}
+
+static void test_resnet20(void)
+{
+    NEED_GPU();
+    const char *params[] = {"conv1.weight", "bn1.weight", "layer2.0.conv1.weight",
+                            "fc.weight",    "fc.bias",    "layer3.2.bn2.running_var"};
+    check_model(gpu, "resnet20", small_only ? 2 : 8, 3, 32, 10, 1e-4, 1e-4, 1, params, 6);
+}
+
+static void test_smallcnn(void)
+{
+    NEED_GPU();
+    const char *params[] = {"conv1.weight", "conv2.bias", "fc1.weight", "fc.bias"};
+    /* gradients pass two max pools: a near-tie that rounds the other way moves one window's
+     * gradient (see test_resnet50), so they get more room than the logits */
+    check_model(gpu, "smallcnn", small_only ? 2 : 16, 1, 28, 10, 1e-4, 1e-3, 1, params, 4);
+}
+
+static void test_resnet50(void)
+{
+    NEED_GPU();
+    if (small_only) {
+        t_skip("--small");
+        return;
+    }
+    /* The input gradient passes the stem's max pool, whose argmax flips where a window holds
+     * near-equal values (zeros after relu): two CPU paths already differ by ~7e-4 there. */
+    check_model(gpu, "resnet50", 2, 3, 224, 1000, 1e-4, 5e-3, 0, NULL, 0);
+    check_model(gpu_tf32, "resnet50", 2, 3, 224, 1000, 1e-2, 0, 0, NULL, 0);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        small_only |= strcmp(argv[i], "--small") == 0;
+        cpu_only |= strcmp(argv[i], "--cpu") == 0;
+    }
+    have_gpu = cpu_only || eng_cuda_device_count() > 0;
+    if (!have_gpu) { /* say why: no driver, no device, or a build without CUDA */
+        eng_ctx_opts o = {.device = "cuda"};
+        eng_ctx *c = NULL;
+        if (eng_ctx_new(&c, &o) != ENG_OK)
+            snprintf(no_gpu, sizeof no_gpu, "no GPU: %s", eng_last_error());
+        eng_ctx_free(c);
+    }
+    if (have_gpu) {
+        eng_ctx_opts co = {.device = "cpu"}, g32 = {.device = "cuda", .math = ENG_MATH_FP32},
+                     gtf = {.device = "cuda", .math = ENG_MATH_TF32};
+        if (cpu_only) {
+            g32 = (eng_ctx_opts){.device = "cpu", .conv = ENG_CONV_GEMM};
+            gtf = (eng_ctx_opts){.device = "cpu", .conv = ENG_CONV_GEMM};
+        }
+        if (eng_ctx_new(&cpu, &co) != ENG_OK || eng_ctx_new(&gpu, &g32) != ENG_OK ||
+            eng_ctx_new(&gpu_tf32, &gtf) != ENG_OK) {
+            printf("not ok - contexts: %s\n", eng_last_error());
+            return 1;
+        }
+        printf("# %s, %s\n", eng_ctx_backend_name(gpu), eng_build_info());
+    }
+    T_RUN(test_contexts);
+    T_RUN(test_transfers);
+    T_RUN(test_elementwise);
+    T_RUN(test_dropout);
+    T_RUN(test_conv_fp32);
+    T_RUN(test_conv_tf32);
+    T_RUN(test_batchnorm);
+    T_RUN(test_affine_and_fold);
+    T_RUN(test_pooling);
+    T_RUN(test_upsample);
+    T_RUN(test_linear);
+    T_RUN(test_xent);
+    T_RUN(test_sgd);
+    T_RUN(test_attack_ops);
+    T_RUN(test_resnet20);
+    T_RUN(test_smallcnn);
+    T_RUN(test_resnet50);
+    eng_ctx_free(gpu_tf32);
+    eng_ctx_free(gpu);
+    eng_ctx_free(cpu);
+    return t_exit();
+}
