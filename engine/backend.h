@@ -23,7 +23,8 @@ typedef struct eng_backend {
     eng_status (*conv2d_bwd_filter)(eng_ctx *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                                     const eng_conv_desc *, bool, eng_op_cache *);
     eng_status (*bn_train_fwd)(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
-                               eng_tensor *, eng_tensor *, eng_tensor *, eng_tensor *, float, float);
+                               eng_tensor *, eng_tensor *, eng_tensor *, eng_tensor *, float, float,
+                               const eng_tensor *residual, bool relu);
     eng_status (*bn_train_bwd)(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *,
                                const eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *, bool);
     eng_status (*fold_bn)(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,

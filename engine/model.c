@@ -488,17 +488,12 @@ static eng_status fwd_conv(eng_model *m, layer *l, const eng_forward_opts *o)
             TRY(eng_copy(ctx, &l->out, res));
         return eng_conv2d_fwd(ctx, &l->out, x, w, b, &cd, &l->cache);
     }
-    /* Training: conv, batch statistics, then residual and relu in place. */
+    /* Training: conv, then batch statistics with the residual sum and relu fused in. */
     eng_conv_desc plain = {l->d.stride, l->d.pad, false, false};
     const int bn = l->d.bn;
     TRY(eng_conv2d_fwd(ctx, &l->pre, x, V(m, l->d.w), V(m, l->d.b), &plain, &l->cache));
-    TRY(eng_bn_train_fwd(ctx, &l->out, &l->pre, V(m, bn), V(m, bn + 1), V(m, bn + 2), V(m, bn + 3), &l->save_mean,
-                         &l->save_invstd, l->d.bn_momentum, l->d.bn_eps));
-    if (res)
-        TRY(eng_add(ctx, &l->out, &l->out, res));
-    if (l->d.relu)
-        TRY(eng_relu_fwd(ctx, &l->out, &l->out));
-    return ENG_OK;
+    return eng_bn_train_fwd_fused(ctx, &l->out, &l->pre, V(m, bn), V(m, bn + 1), V(m, bn + 2), V(m, bn + 3),
+                                  &l->save_mean, &l->save_invstd, l->d.bn_momentum, l->d.bn_eps, res, l->d.relu);
 }
 
 /* A 4-D NCHW view of a 2-D [N, C*H*W] tensor, shaped like `like`. */

@@ -133,10 +133,25 @@ eng_status eng_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, co
                             const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
                             eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps)
 {
+    return eng_bn_train_fwd_fused(ctx, y, x, gamma, beta, running_mean, running_var, save_mean, save_invstd,
+                                  momentum, eps, NULL, false);
+}
+
+eng_status eng_bn_train_fwd_fused(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *gamma,
+                                  const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
+                                  eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps,
+                                  const eng_tensor *residual, bool relu)
+{
     const char *op = "bn_train_fwd";
     TRY(act(ctx, x, op, "x"));
     TRY(act(ctx, y, op, "y"));
     TRY(same(y, x, op, "y", "x"));
+    if (residual) {
+        TRY(act(ctx, residual, op, "residual"));
+        TRY(same(residual, x, op, "residual", "x"));
+        if (residual->data == x->data)
+            return eng_fail(ENG_ERR_ARG, "%s: residual must not alias x", op);
+    }
     int64_t C = x->dim[1];
     const eng_tensor *vs[] = {gamma, beta, running_mean, running_var, save_mean, save_invstd};
     const char *names[] = {"gamma", "beta", "running_mean", "running_var", "save_mean", "save_invstd"};
@@ -150,7 +165,7 @@ eng_status eng_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, co
     if (!(eps > 0) || !(momentum >= 0 && momentum <= 1))
         return eng_fail(ENG_ERR_ARG, "%s: eps must be > 0 and momentum in [0,1]", op);
     return ctx->be->bn_train_fwd(ctx, y, x, gamma, beta, running_mean, running_var, save_mean, save_invstd, momentum,
-                                 eps);
+                                 eps, residual, relu);
 }
 
 eng_status eng_bn_train_bwd(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dgamma, eng_tensor *dbeta,

@@ -48,6 +48,12 @@ eng_status eng_conv2d_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, c
 eng_status eng_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *gamma,
                             const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
                             eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps);
+/* The same with the residual block's tail fused in: y = relu?(bn(x) + residual) (residual may be
+ * NULL), so that training reads the activation twice instead of five times. */
+eng_status eng_bn_train_fwd_fused(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *gamma,
+                                  const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
+                                  eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps,
+                                  const eng_tensor *residual, bool relu);
 /* dx = full BN backward; dgamma, dbeta (+)= (either may be NULL). */
 eng_status eng_bn_train_bwd(eng_ctx *ctx, eng_tensor *dx, eng_tensor *dgamma, eng_tensor *dbeta,
                             const eng_tensor *dy, const eng_tensor *x, const eng_tensor *gamma,

@@ -322,20 +322,21 @@ static void chan_sums(chan_acc *acc, const cpu_view *v, const float *x, const fl
     }
 }
 
-/* y = x * scale[c] + shift[c] (optionally relu), optionally y += ... */
+/* y = relu?(x * scale[c] + shift[c] + res), or y += that with accumulate; res may be NULL. */
 static void chan_affine(const cpu_view *v, float *y, const float *x, const float *scale, const float *shift,
-                        bool relu, bool accumulate)
+                        const float *res, bool relu, bool accumulate)
 {
     const int64_t rows = v->N * v->CB;
 #pragma omp parallel for schedule(static) if (rows * v->S * v->X > PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         int64_t cb = r % v->CB;
         const float *px = x + r * v->S * v->X;
+        const float *pr = res ? res + r * v->S * v->X : NULL;
         float *py = y + r * v->S * v->X;
         if (v->X == 1) {
             float a = scale[cb], b = shift ? shift[cb] : 0.0f;
             for (int64_t s = 0; s < v->S; s++) {
-                float o = px[s] * a + b;
+                float o = px[s] * a + b + (pr ? pr[s] : 0.0f);
                 if (relu)
                     o = o > 0.0f ? o : 0.0f;
                 py[s] = accumulate ? py[s] + o : o;
@@ -345,7 +346,7 @@ static void chan_affine(const cpu_view *v, float *y, const float *x, const float
             for (int64_t s = 0; s < v->S; s++) {
 #pragma omp simd
                 for (int64_t i = 0; i < v->X; i++) {
-                    float o = px[s * v->X + i] * a[i] + (b ? b[i] : 0.0f);
+                    float o = px[s * v->X + i] * a[i] + (b ? b[i] : 0.0f) + (pr ? pr[s * v->X + i] : 0.0f);
                     if (relu)
                         o = o > 0.0f ? o : 0.0f;
                     py[s * v->X + i] = accumulate ? py[s * v->X + i] + o : o;
@@ -360,7 +361,7 @@ static eng_status cpu_channel_affine_fwd(eng_ctx *ctx, eng_tensor *y, const eng_
 {
     (void)ctx;
     cpu_view v = cpu_view_of(x);
-    chan_affine(&v, y->data, x->data, scale->data, shift ? shift->data : NULL, relu, false);
+    chan_affine(&v, y->data, x->data, scale->data, shift ? shift->data : NULL, NULL, relu, false);
     return ENG_OK;
 }
 
@@ -387,7 +388,7 @@ static eng_status cpu_channel_affine_bwd(eng_ctx *ctx, eng_tensor *dx, const eng
 {
     (void)ctx;
     cpu_view v = cpu_view_of(dy);
-    chan_affine(&v, dx->data, dy->data, scale->data, NULL, false, accumulate);
+    chan_affine(&v, dx->data, dy->data, scale->data, NULL, NULL, false, accumulate);
     return ENG_OK;
 }
 
@@ -419,7 +420,8 @@ static eng_status cpu_channel_sums(eng_ctx *ctx, eng_tensor *sum_dy, eng_tensor 
 
 static eng_status cpu_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *gamma,
                                    const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
-                                   eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps)
+                                   eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps,
+                                   const eng_tensor *residual, bool relu)
 {
     (void)ctx;
     cpu_view v = cpu_view_of(x);
@@ -436,20 +438,17 @@ static eng_status cpu_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor
         free(ab);
         return eng_fail(ENG_ERR_NOMEM, "cpu: out of memory for batch norm");
     }
-    /* Two passes (mean, then squared deviations) keep the variance exact for large means. */
-    double *dummy = sum + C;
-    chan_sums(&acc, &v, x->data, NULL, NULL, sum, dummy);
-    for (int64_t c = 0; c < C; c++)
-        save_mean->data[c] = (float)(sum[c] / (double)count);
-    memset(acc.a, 0, (size_t)acc.threads * (size_t)C * 2 * sizeof(double));
-    double *sq = dummy, *unused = sum;
-    chan_sums(&acc, &v, x->data, x->data, save_mean->data, unused, sq);
+    /* One pass for the sum and the sum of squares: in double, E[x^2] - mean^2 loses nothing
+     * that matters for float activations (cancellation needs |mean| / std beyond ~1e6). */
+    double *sq = sum + C;
+    chan_sums(&acc, &v, x->data, NULL, NULL, sum, sq);
     for (int64_t c = 0; c < C; c++) {
-        double mean = save_mean->data[c];
-        double var = (sq[c] - 0.0) / (double)count; /* sq holds sum x (x - mean) = sum (x - mean)^2 */
+        double mean = sum[c] / (double)count;
+        double var = sq[c] / (double)count - mean * mean;
         if (var < 0)
             var = 0;
         double invstd = 1.0 / sqrt(var + eps);
+        save_mean->data[c] = (float)mean;
         save_invstd->data[c] = (float)invstd;
         ab[c] = (float)(gamma->data[c] * invstd);
         ab[C + c] = (float)(beta->data[c] - mean * gamma->data[c] * invstd);
@@ -459,7 +458,7 @@ static eng_status cpu_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor
     }
     running_mean->version++;
     running_var->version++;
-    chan_affine(&v, y->data, x->data, ab, ab + C, false, false);
+    chan_affine(&v, y->data, x->data, ab, ab + C, residual ? residual->data : NULL, relu, false);
     free(ab);
     free(sum);
     free(acc.a);

@@ -227,7 +227,7 @@ eng_status cu_linear_bwd_weight(eng_ctx *, eng_tensor *, eng_tensor *, const eng
 
 /* norm_cuda.cu */
 eng_status cu_bn_train_fwd(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
-                           eng_tensor *, eng_tensor *, eng_tensor *, eng_tensor *, float, float);
+                           eng_tensor *, eng_tensor *, eng_tensor *, eng_tensor *, float, float, const eng_tensor *, bool);
 eng_status cu_bn_train_bwd(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,
                            const eng_tensor *, const eng_tensor *, const eng_tensor *, bool);
 eng_status cu_fold_bn(eng_ctx *, eng_tensor *, eng_tensor *, eng_tensor *, const eng_tensor *, const eng_tensor *,

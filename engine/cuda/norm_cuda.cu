@@ -120,25 +120,25 @@ eng_status cu_chan_sums(eng_ctx *ctx, const eng_tensor *x1, const float *x2, con
 
 /* ---- per-channel affine: y (+)= x * scale[c] + shift[c], optionally relu ---- */
 
-__global__ void k_affine(float *y, const float *x, cu_view v, const float *scale, const float *shift, bool relu,
-                         bool acc, int64_t n)
+__global__ void k_affine(float *y, const float *x, cu_view v, const float *scale, const float *shift,
+                         const float *res, bool relu, bool acc, int64_t n)
 {
     CU_LOOP(i, n)
     {
         const int64_t c = cu_chan(v, i);
-        float o = x[i] * scale[c] + (shift ? shift[c] : 0.0f);
+        float o = x[i] * scale[c] + (shift ? shift[c] : 0.0f) + (res ? res[i] : 0.0f);
         if (relu)
             o = o > 0.0f ? o : 0.0f;
         y[i] = acc ? y[i] + o : o;
     }
 }
 
-static eng_status affine(eng_ctx *ctx, float *y, const eng_tensor *x, const float *scale, const float *shift, bool relu,
-                         bool acc)
+static eng_status affine(eng_ctx *ctx, float *y, const eng_tensor *x, const float *scale, const float *shift,
+                         const float *res, bool relu, bool acc)
 {
     const cu_view v = cu_view_of(x);
     const int64_t n = eng_tensor_storage(x);
-    k_affine<<<cu_blocks(n), CU_THREADS, 0, cu_of(ctx)->stream>>>(y, x->data, v, scale, shift, relu, acc, n);
+    k_affine<<<cu_blocks(n), CU_THREADS, 0, cu_of(ctx)->stream>>>(y, x->data, v, scale, shift, res, relu, acc, n);
     return cu_launched("channel affine");
 }
 
@@ -146,14 +146,14 @@ eng_status cu_channel_affine_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *
                                  const eng_tensor *shift, bool relu)
 {
     CU_TRY(cu_enter(ctx));
-    return affine(ctx, y->data, x, scale->data, shift ? shift->data : NULL, relu, false);
+    return affine(ctx, y->data, x, scale->data, shift ? shift->data : NULL, NULL, relu, false);
 }
 
 eng_status cu_channel_affine_bwd(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *scale,
                                  bool accumulate)
 {
     CU_TRY(cu_enter(ctx));
-    return affine(ctx, dx->data, dy, scale->data, NULL, false, accumulate);
+    return affine(ctx, dx->data, dy, scale->data, NULL, NULL, false, accumulate);
 }
 
 __global__ void k_sums_out(float *sum_dy, float *sum_dyx, const double *sa, const double *sb, int64_t C)
@@ -211,7 +211,8 @@ __global__ void k_bn_stats(const double *sq, int64_t count, const float *save_me
 
 eng_status cu_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const eng_tensor *gamma,
                            const eng_tensor *beta, eng_tensor *running_mean, eng_tensor *running_var,
-                           eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps)
+                           eng_tensor *save_mean, eng_tensor *save_invstd, float momentum, float eps,
+                           const eng_tensor *residual, bool relu)
 {
     CU_TRY(cu_enter(ctx));
     cudaStream_t st = cu_of(ctx)->stream;
@@ -233,7 +234,7 @@ eng_status cu_bn_train_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, con
     CU_TRY(cu_launched("bn stats"));
     running_mean->version++;
     running_var->version++;
-    return affine(ctx, y->data, x, ab, ab + C, false, false);
+    return affine(ctx, y->data, x, ab, ab + C, residual ? residual->data : NULL, relu, false);
 }
 
 __global__ void k_bn_bwd_coef(const double *sdy, const double *sdyx, int64_t count, const float *gamma,

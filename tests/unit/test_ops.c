@@ -346,6 +346,23 @@ static void check_bn(eng_layout lay, int ndim)
         rs_err = fmax(rs_err, fabs(sm.data[c] - mean[c]) + fabs(si.data[c] - 1 / sqrt(var[c] + 1e-5)) * 1e-1);
     }
     CHECKF(rs_err <= 1e-5, "bn running stats err %.3g", rs_err);
+    /* fused residual block tail: relu(bn(x) + r) */
+    eng_tensor r = ENG_TENSOR_INIT;
+    eng_tensor_alloc_host(&r, ndim, d4, ENG_LAYOUT_NCHW);
+    fill_uniform(r.data, n, 17, -1, 1);
+    eng_tensor rl = in_layout(&r, l), fl = ENG_TENSOR_INIT;
+    eng_tensor_alloc_host(&fl, ndim, d4, l);
+    REQUIRE_OK(eng_bn_train_fwd_fused(ctx_onednn, &fl, &xl, &gamma, &beta, &rm, &rv, &sm, &si, 0.1f, 1e-5f, &rl, true));
+    eng_tensor f = to_nchw(&fl);
+    double fe = 0;
+    for (long i = 0; i < n; i++) {
+        double ref = b.y[i] + r.data[i];
+        fe = fmax(fe, fabs(f.data[i] - (ref > 0 ? ref : 0)));
+    }
+    CHECKF(fe <= 1e-5, "bn fused residual+relu %s err %.3g", eng_layout_name(l), fe);
+    CHECK(eng_bn_train_fwd_fused(ctx_onednn, &fl, &xl, &gamma, &beta, &rm, &rv, &sm, &si, 0.1f, 1e-5f, &xl, true) ==
+          ENG_ERR_ARG);
+    eng_tensor_cleanup(&r), eng_tensor_cleanup(&rl), eng_tensor_cleanup(&fl), eng_tensor_cleanup(&f);
     REQUIRE_OK(eng_bn_train_bwd(ctx_onednn, &dxl, &dgam, &dbet, &gl, &xl, &gamma, &sm, &si, false));
     double *gx = malloc((size_t)n * sizeof(double)), *gg = malloc(C * sizeof(double)), *gb = malloc(C * sizeof(double));
     fd(b.x, n, bn_loss, &b, gx);
