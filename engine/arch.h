@@ -12,7 +12,7 @@ typedef enum {
     LAYER_MAXPOOL,
     LAYER_GAP,       /* global average pool to [N, C] */
     LAYER_FLATTEN,   /* to [N, C*H*W] in NCHW order */
-    LAYER_LINEAR,    /* relu?(x w^T + b) */
+    LAYER_LINEAR,    /* relu?(bn?(x w^T + b)) */
     LAYER_DROPOUT,
 } layer_kind;
 
@@ -37,6 +37,7 @@ typedef struct layer {
     eng_op_cache cache;
     int grad_set;
     bool up;
+    bool batch_stats; /* the last forward normalised with batch statistics (not folded) */
     double prof_fwd, prof_bwd; /* seconds spent, when RTAAS_PROFILE is set */
 } layer;
 

@@ -16,5 +16,7 @@
 #include "data.h"
 #include "safetensors.h"
 #include "weights.h"
+#include "gradmap.h"
+#include "png.h"
 
 #endif

@@ -356,7 +356,13 @@ eng_status eng_model_init(eng_model *m, uint64_t seed)
 
 /* ---- planning: shapes and buffers for a batch ---- */
 
-static bool uses_running_stats(eng_mode mode) { return mode != ENG_MODE_TRAIN; }
+/* A batch norm normalises with batch statistics only in training mode and only while its own
+ * parameters train: a frozen block (linear probe, LwF, retrain_blocks) stays bit-identical,
+ * running statistics included. */
+static bool batch_stats(const eng_model *m, const layer *l, eng_mode mode)
+{
+    return l->d.bn >= 0 && mode == ENG_MODE_TRAIN && m->params[l->d.bn].trainable;
+}
 
 static eng_status alloc_act(eng_model *m, eng_tensor *t, int ndim, const int64_t *dims, eng_layout layout)
 {
@@ -435,8 +441,8 @@ static eng_status plan(eng_model *m, const eng_tensor *x, const eng_forward_opts
         layer *l = &m->layers[i];
         if (want_grads && !l->grad.data)
             TRY(alloc_act(m, &l->grad, l->out.ndim, l->out.dim, l->out.layout));
-        if (train && l->d.kind == LAYER_CONV && l->d.bn >= 0 && !l->pre.data) {
-            TRY(alloc_act(m, &l->pre, 4, l->out.dim, l->out.layout));
+        if (train && l->d.bn >= 0 && !l->pre.data) {
+            TRY(alloc_act(m, &l->pre, l->out.ndim, l->out.dim, l->out.layout));
             TRY(alloc_act(m, &l->save_mean, 1, &l->d.out_c, ENG_LAYOUT_NCHW));
             TRY(alloc_act(m, &l->save_invstd, 1, &l->d.out_c, ENG_LAYOUT_NCHW));
         }
@@ -449,11 +455,14 @@ static eng_status plan(eng_model *m, const eng_tensor *x, const eng_forward_opts
 static eng_param *P(eng_model *m, int idx) { return idx >= 0 ? &m->params[idx] : NULL; }
 static eng_tensor *V(eng_model *m, int idx) { return idx >= 0 ? &m->params[idx].value : NULL; }
 
-/* Refreshes the folded weights of a conv + BN layer when any source changed. */
+static eng_tensor as4(const eng_tensor *w);
+
+/* Refreshes the folded weights of a conv or linear + BN layer when any source changed. */
 static eng_status fold(eng_model *m, layer *l)
 {
     const int bn = l->d.bn;
-    const eng_tensor *src[6] = {V(m, l->d.w), V(m, l->d.b), V(m, bn), V(m, bn + 1), V(m, bn + 2), V(m, bn + 3)};
+    const eng_tensor w4 = as4(V(m, l->d.w));
+    const eng_tensor *src[6] = {&w4, V(m, l->d.b), V(m, bn), V(m, bn + 1), V(m, bn + 2), V(m, bn + 3)};
     uint64_t key[6];
     for (int i = 0; i < 6; i++)
         key[i] = src[i] ? src[i]->version : 0;
@@ -471,13 +480,70 @@ static eng_status fold(eng_model *m, layer *l)
     return ENG_OK;
 }
 
-static eng_status fwd_conv(eng_model *m, layer *l, const eng_forward_opts *o)
+/* A 2-D weight [O, I] seen as the [O, I, 1, 1] convolution weight that folding works on. */
+static eng_tensor as4(const eng_tensor *w)
+{
+    eng_tensor v;
+    int64_t d[4] = {w->dim[0], w->ndim == 2 ? w->dim[1] : w->dim[1], w->ndim == 4 ? w->dim[2] : 1,
+                    w->ndim == 4 ? w->dim[3] : 1};
+    eng_tensor_view(&v, w->data, 4, d, ENG_LAYOUT_NCHW, w->dev);
+    v.version = w->version;
+    return v;
+}
+
+/* The same memory with a linear layer's 2-D shape. */
+static eng_tensor as2(const eng_tensor *w)
+{
+    eng_tensor v;
+    int64_t d[2] = {w->dim[0], eng_tensor_numel(w) / w->dim[0]};
+    eng_tensor_view(&v, w->data, 2, d, ENG_LAYOUT_NCHW, w->dev);
+    v.version = w->version;
+    return v;
+}
+
+/* ---- weighted layers: convolution or fully connected, each with optional batch norm,
+ * residual sum and relu ---- */
+
+static eng_status w_fwd(eng_model *m, layer *l, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
+                        const eng_tensor *b, bool relu, bool acc)
+{
+    if (l->d.kind == LAYER_CONV) {
+        eng_conv_desc cd = {l->d.stride, l->d.pad, relu, acc};
+        return eng_conv2d_fwd(m->ctx, y, x, w, b, &cd, &l->cache);
+    }
+    eng_tensor w2 = as2(w);
+    TRY(eng_linear_fwd(m->ctx, y, x, &w2, b));
+    return relu ? eng_relu_fwd(m->ctx, y, y) : ENG_OK;
+}
+
+static eng_status w_bwd_data(eng_model *m, layer *l, eng_tensor *dx, const eng_tensor *dy, const eng_tensor *w,
+                             bool acc)
+{
+    if (l->d.kind == LAYER_CONV) {
+        eng_conv_desc cd = {l->d.stride, l->d.pad, false, false};
+        return eng_conv2d_bwd_data(m->ctx, dx, dy, w, &cd, acc, &l->cache);
+    }
+    eng_tensor w2 = as2(w);
+    return eng_linear_bwd_data(m->ctx, dx, dy, &w2, acc);
+}
+
+static eng_status w_bwd_filter(eng_model *m, layer *l, eng_tensor *dw, eng_tensor *db, const eng_tensor *x,
+                               const eng_tensor *dy)
+{
+    if (l->d.kind == LAYER_CONV) {
+        eng_conv_desc cd = {l->d.stride, l->d.pad, false, false};
+        return eng_conv2d_bwd_filter(m->ctx, dw, db, x, dy, &cd, false, &l->cache);
+    }
+    return eng_linear_bwd_weight(m->ctx, dw, db, x, dy, false);
+}
+
+static eng_status fwd_weighted(eng_model *m, layer *l, const eng_forward_opts *o)
 {
     eng_ctx *ctx = m->ctx;
     const eng_tensor *x = &m->layers[l->d.in].out;
     const eng_tensor *res = l->d.res >= 0 ? &m->layers[l->d.res].out : NULL;
-    eng_conv_desc cd = {l->d.stride, l->d.pad, l->d.relu, res != NULL};
-    if (l->d.bn < 0 || uses_running_stats(o->mode)) {
+    l->batch_stats = batch_stats(m, l, o->mode);
+    if (!l->batch_stats) {
         const eng_tensor *w = V(m, l->d.w), *b = V(m, l->d.b);
         if (l->d.bn >= 0) {
             TRY(fold(m, l));
@@ -486,12 +552,12 @@ static eng_status fwd_conv(eng_model *m, layer *l, const eng_forward_opts *o)
         }
         if (res)
             TRY(eng_copy(ctx, &l->out, res));
-        return eng_conv2d_fwd(ctx, &l->out, x, w, b, &cd, &l->cache);
+        return w_fwd(m, l, &l->out, x, w, b, l->d.relu, res != NULL);
     }
-    /* Training: conv, then batch statistics with the residual sum and relu fused in. */
-    eng_conv_desc plain = {l->d.stride, l->d.pad, false, false};
+    /* Batch statistics: the plain layer, then the normalisation with the residual sum and relu
+     * fused in. */
     const int bn = l->d.bn;
-    TRY(eng_conv2d_fwd(ctx, &l->pre, x, V(m, l->d.w), V(m, l->d.b), &plain, &l->cache));
+    TRY(w_fwd(m, l, &l->pre, x, V(m, l->d.w), V(m, l->d.b), false, false));
     return eng_bn_train_fwd_fused(ctx, &l->out, &l->pre, V(m, bn), V(m, bn + 1), V(m, bn + 2), V(m, bn + 3),
                                   &l->save_mean, &l->save_invstd, l->d.bn_momentum, l->d.bn_eps, res, l->d.relu);
 }
@@ -539,7 +605,8 @@ eng_status eng_model_forward(eng_model *m, const eng_tensor *x, const eng_forwar
             TRY(eng_channel_affine_fwd(ctx, &l->out, in, &m->norm_scale, &m->norm_shift, false));
             break;
         case LAYER_CONV:
-            TRY(fwd_conv(m, l, &o));
+        case LAYER_LINEAR:
+            TRY(fwd_weighted(m, l, &o));
             break;
         case LAYER_MAXPOOL:
             TRY(eng_maxpool_fwd(ctx, &l->out, in, l->d.k, l->d.stride, l->d.pad, &l->cache));
@@ -556,11 +623,6 @@ eng_status eng_model_forward(eng_model *m, const eng_tensor *x, const eng_forwar
             TRY(eng_copy(ctx, &v, in));
             break;
         }
-        case LAYER_LINEAR:
-            TRY(eng_linear_fwd(ctx, &l->out, in, V(m, l->d.w), V(m, l->d.b)));
-            if (l->d.relu)
-                TRY(eng_relu_fwd(ctx, &l->out, &l->out));
-            break;
         case LAYER_DROPOUT:
             if (o.mode != ENG_MODE_EVAL && l->d.drop_p > 0)
                 TRY(eng_dropout_fwd(ctx, &l->out, in, l->d.drop_p, layer_seed(o.seed, i)));
@@ -602,13 +664,12 @@ static eng_tensor tmp_like(const eng_tensor *tmp, const eng_tensor *like)
 
 static bool wants(eng_model *m, int param) { return param >= 0 && m->params[param].trainable; }
 
-static eng_status bwd_conv(eng_model *m, layer *l, bool params)
+static eng_status bwd_weighted(eng_model *m, layer *l, bool params)
 {
     eng_ctx *ctx = m->ctx;
-    const eng_tensor *x = &m->layers[l->d.in].out;
-    bool need_in = m->layers[l->d.in].up;
+    layer *xin = &m->layers[l->d.in];
+    const eng_tensor *x = &xin->out;
     eng_tensor dpre = l->grad;
-    eng_conv_desc cd = {l->d.stride, l->d.pad, false, false};
     if (l->d.relu) {
         dpre = tmp_like(&m->tmp_a, &l->out);
         TRY(eng_relu_bwd(ctx, &dpre, &l->grad, &l->out, false));
@@ -617,27 +678,27 @@ static eng_status bwd_conv(eng_model *m, layer *l, bool params)
         TRY(grad_into(m, l->d.res, &dpre));
     eng_param *w = P(m, l->d.w), *b = P(m, l->d.b);
     bool pw = params && wants(m, l->d.w), pb = params && wants(m, l->d.b);
-    layer *xin = &m->layers[l->d.in];
     if (l->d.bn < 0) {
         if (pw || pb)
-            TRY(eng_conv2d_bwd_filter(ctx, &w->grad, pb ? &b->grad : NULL, x, &dpre, &cd, false, &l->cache));
-        if (need_in) {
-            TRY(eng_conv2d_bwd_data(ctx, &xin->grad, &dpre, &w->value, &cd, xin->grad_set, &l->cache));
+            TRY(w_bwd_filter(m, l, &w->grad, pb ? &b->grad : NULL, x, &dpre));
+        if (xin->up) {
+            TRY(w_bwd_data(m, l, &xin->grad, &dpre, &w->value, xin->grad_set));
             xin->grad_set = 1;
         }
         return ENG_OK;
     }
-    if (uses_running_stats(m->last.mode)) {
-        /* Folded: w_f[k] = w[k] * s[k], so dL/dw[k] = dL/dw_f[k] * s[k]. BN parameters stay fixed. */
+    if (!l->batch_stats) {
+        /* Folded: w_f[k] = w[k] * s[k], so dL/dw[k] = dL/dw_f[k] * s[k]; the normalisation's own
+         * parameters are frozen here (batch_stats). */
         if (pw) {
-            TRY(eng_conv2d_bwd_filter(ctx, &w->grad, NULL, x, &dpre, &cd, false, &l->cache));
+            TRY(w_bwd_filter(m, l, &w->grad, NULL, x, &dpre));
             eng_tensor rows;
             int64_t d4[4] = {1, w->grad.dim[0], eng_tensor_numel(&w->grad) / w->grad.dim[0], 1};
             eng_tensor_view(&rows, w->grad.data, 4, d4, ENG_LAYOUT_NCHW, w->grad.dev);
             TRY(eng_channel_affine_fwd(ctx, &rows, &rows, &l->fscale, NULL, false));
         }
-        if (need_in) {
-            TRY(eng_conv2d_bwd_data(ctx, &xin->grad, &dpre, &l->wf, &cd, xin->grad_set, &l->cache));
+        if (xin->up) {
+            TRY(w_bwd_data(m, l, &xin->grad, &dpre, &l->wf, xin->grad_set));
             xin->grad_set = 1;
         }
         return ENG_OK;
@@ -645,13 +706,13 @@ static eng_status bwd_conv(eng_model *m, layer *l, bool params)
     const int bn = l->d.bn;
     eng_param *g = P(m, bn), *be = P(m, bn + 1);
     bool pg = params && wants(m, bn), pbe = params && wants(m, bn + 1);
-    eng_tensor dconv = tmp_like(&m->tmp_b, &l->pre);
-    TRY(eng_bn_train_bwd(ctx, &dconv, pg ? &g->grad : NULL, pbe ? &be->grad : NULL, &dpre, &l->pre, &g->value,
+    eng_tensor dlin = tmp_like(&m->tmp_b, &l->pre);
+    TRY(eng_bn_train_bwd(ctx, &dlin, pg ? &g->grad : NULL, pbe ? &be->grad : NULL, &dpre, &l->pre, &g->value,
                          &l->save_mean, &l->save_invstd, false));
     if (pw || pb)
-        TRY(eng_conv2d_bwd_filter(ctx, &w->grad, pb ? &b->grad : NULL, x, &dconv, &cd, false, &l->cache));
-    if (need_in) {
-        TRY(eng_conv2d_bwd_data(ctx, &xin->grad, &dconv, &w->value, &cd, xin->grad_set, &l->cache));
+        TRY(w_bwd_filter(m, l, &w->grad, pb ? &b->grad : NULL, x, &dlin));
+    if (xin->up) {
+        TRY(w_bwd_data(m, l, &xin->grad, &dlin, &w->value, xin->grad_set));
         xin->grad_set = 1;
     }
     return ENG_OK;
@@ -673,7 +734,8 @@ static eng_status bwd_layer(eng_model *m, int i, bool params)
         }
         return ENG_OK;
     case LAYER_CONV:
-        return bwd_conv(m, l, params);
+    case LAYER_LINEAR:
+        return bwd_weighted(m, l, params);
     case LAYER_MAXPOOL:
         if (need_in) {
             TRY(eng_maxpool_bwd(ctx, &in->grad, &l->grad, &in->out, l->d.k, l->d.stride, l->d.pad, in->grad_set,
@@ -700,22 +762,6 @@ static eng_status bwd_layer(eng_model *m, int i, bool params)
             }
         }
         return ENG_OK;
-    case LAYER_LINEAR: {
-        eng_tensor dpre = l->grad;
-        if (l->d.relu) {
-            dpre = tmp_like(&m->tmp_a, &l->out);
-            TRY(eng_relu_bwd(ctx, &dpre, &l->grad, &l->out, false));
-        }
-        eng_param *w = P(m, l->d.w), *b = P(m, l->d.b);
-        bool pw = params && wants(m, l->d.w), pb = params && wants(m, l->d.b);
-        if (pw || pb)
-            TRY(eng_linear_bwd_weight(ctx, &w->grad, pb ? &b->grad : NULL, &in->out, &dpre, false));
-        if (need_in) {
-            TRY(eng_linear_bwd_data(ctx, &in->grad, &dpre, &w->value, in->grad_set));
-            in->grad_set = 1;
-        }
-        return ENG_OK;
-    }
     case LAYER_DROPOUT:
         if (!need_in)
             return ENG_OK;
@@ -743,7 +789,7 @@ static bool layer_has_trainable(eng_model *m, const layer *l)
 {
     if (wants(m, l->d.w) || wants(m, l->d.b))
         return true;
-    return l->d.bn >= 0 && m->last.mode == ENG_MODE_TRAIN && (wants(m, l->d.bn) || wants(m, l->d.bn + 1));
+    return l->batch_stats && (wants(m, l->d.bn) || wants(m, l->d.bn + 1));
 }
 
 eng_status eng_model_backward(eng_model *m, const eng_tensor *dlogits, const eng_tensor *dfeatures,

@@ -22,10 +22,13 @@ FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iengine -std=gnu11
 FUZZ_ENGINE  := engine/status.c engine/tensor.c
 FUZZ_DEPS_fuzz_safetensors := engine/safetensors.c
+FUZZ_DEPS_fuzz_png_decode  := engine/png.c
+# Libraries a target links beyond jansson and libm, in FUZZ_LIBS_<name>.
+FUZZ_LIBS_fuzz_png_decode  := -lpng -lz
 
 $(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_ENGINE) $(FUZZ_DEPS_$*) -ljansson -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_ENGINE) $(FUZZ_DEPS_$*) $(FUZZ_LIBS_$*) -ljansson -lm
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_BIN)
