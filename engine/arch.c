@@ -65,6 +65,37 @@ static int linear(eng_model *m, const char *prefix, int in, int64_t I, int64_t O
     return arch_layer(m, &d);
 }
 
+/* A hidden layer of the classifier: linear, optional batch norm over the batch, relu. */
+static int linear_bn(eng_model *m, const char *prefix, int in, int64_t I, int64_t O, bool bn)
+{
+    char lin[96], name[160];
+    snprintf(lin, sizeof lin, "%s.linear", prefix);
+    int64_t wd[2] = {O, I};
+    name2(name, sizeof name, lin, "weight");
+    int w = arch_param(m, name, 2, wd, false, INIT_TORCH_DEFAULT);
+    name2(name, sizeof name, lin, "bias");
+    int b = arch_param(m, name, 1, &O, false, INIT_TORCH_DEFAULT);
+    if (b >= 0)
+        m->pinfo[b].fan_in = I;
+    int g = -1;
+    if (bn) {
+        static const char *leaf[4] = {"weight", "bias", "running_mean", "running_var"};
+        static const arch_init inits[4] = {INIT_ONE, INIT_ZERO, INIT_ZERO, INIT_ONE};
+        char bnp[96];
+        snprintf(bnp, sizeof bnp, "%s.bn", prefix);
+        for (int i = 0; i < 4; i++) {
+            name2(name, sizeof name, bnp, leaf[i]);
+            int idx = arch_param(m, name, 1, &O, i >= 2, inits[i]);
+            if (i == 0)
+                g = idx;
+        }
+        m->has_bn = true;
+    }
+    arch_layer_desc d = {.kind = LAYER_LINEAR, .in = in, .res = -1, .w = w, .b = b, .bn = g, .relu = true,
+                         .bn_eps = 1e-5f, .bn_momentum = 0.1f, .in_c = I, .out_c = O};
+    return arch_layer(m, &d);
+}
+
 static int simple(eng_model *m, layer_kind kind, int in, int k, int stride, int pad)
 {
     arch_layer_desc d = {.kind = kind, .in = in, .res = -1, .w = -1, .b = -1, .bn = -1, .k = k, .stride = stride,
@@ -79,14 +110,36 @@ static int stem_input(eng_model *m)
     return simple(m, LAYER_NORMALIZE, 0, 0, 0, 0);
 }
 
+/* The classifier on the features of layer x: the spec's hidden layers, then "fc". */
+static eng_status classifier(eng_model *m, int x, int64_t features)
+{
+    const eng_head_spec *h = &m->spec.head;
+    for (int i = 0; i < h->n_hidden; i++) {
+        char prefix[32], block[32];
+        snprintf(prefix, sizeof prefix, "head.%d", i);
+        snprintf(block, sizeof block, "head.%d.", i);
+        x = linear_bn(m, prefix, x, features, h->hidden[i], h->bn);
+        features = h->hidden[i];
+        if (h->dropout > 0) {
+            arch_layer_desc d = {.kind = LAYER_DROPOUT, .in = x, .res = -1, .w = -1, .b = -1, .bn = -1,
+                                 .drop_p = h->dropout};
+            x = arch_layer(m, &d);
+        }
+        arch_block(m, block, NULL);
+    }
+    linear(m, "fc", x, features, m->spec.num_classes, false);
+    arch_block(m, "fc.", NULL);
+    return m->build_error;
+}
+
+/* Global average pooling to the penultimate features, then the classifier. */
 static int head(eng_model *m, int x, int64_t channels)
 {
     int g = simple(m, LAYER_GAP, x, 0, 0, 0);
     if (g >= 0)
         m->layers[g].d.out_c = channels;
     m->feature_layer = g;
-    linear(m, "fc", g, channels, m->spec.num_classes, false);
-    return m->build_error;
+    return classifier(m, g, channels);
 }
 
 /* torchvision BasicBlock: conv3x3(stride) bn relu conv3x3 bn, plus identity or downsample, relu. */
@@ -149,6 +202,7 @@ static eng_status build_imagenet_resnet(eng_model *m, const int blocks[4], bool 
     convp c1 = conv_params(m, "conv1", "bn1", m->spec.in_channels, 64, 7, false, INIT_KAIMING_OUT);
     x = conv_layer(m, c1, x, 7, 2, 3, true, -1);
     x = simple(m, LAYER_MAXPOOL, x, 3, 2, 1);
+    arch_block(m, "conv1.", "bn1.");
     int64_t inplanes = 64;
     for (int li = 0; li < 4; li++) {
         int64_t planes = 64 << li;
@@ -163,6 +217,8 @@ static eng_status build_imagenet_resnet(eng_model *m, const int blocks[4], bool 
                 x = basic_block(m, prefix, x, inplanes, planes, stride);
                 inplanes = planes;
             }
+            strcat(prefix, ".");
+            arch_block(m, prefix, NULL);
         }
     }
     return head(m, x, inplanes);
@@ -180,6 +236,7 @@ static eng_status build_resnet20(eng_model *m)
     int x = stem_input(m);
     convp c1 = conv_params(m, "conv1", "bn1", m->spec.in_channels, 16, 3, false, INIT_KAIMING_OUT);
     x = conv_layer(m, c1, x, 3, 1, 1, true, -1);
+    arch_block(m, "conv1.", "bn1.");
     int64_t inplanes = 16;
     for (int li = 0; li < 3; li++) {
         int64_t planes = 16 << li;
@@ -188,6 +245,8 @@ static eng_status build_resnet20(eng_model *m)
             snprintf(prefix, sizeof prefix, "layer%d.%d", li + 1, bi);
             x = basic_block(m, prefix, x, inplanes, planes, (bi == 0 && li > 0) ? 2 : 1);
             inplanes = planes;
+            strcat(prefix, ".");
+            arch_block(m, prefix, NULL);
         }
     }
     return head(m, x, inplanes);
@@ -201,20 +260,35 @@ static eng_status build_smallcnn(eng_model *m)
     convp c1 = conv_params(m, "conv1", NULL, m->spec.in_channels, 32, 5, true, INIT_TORCH_DEFAULT);
     x = conv_layer(m, c1, x, 5, 1, 2, true, -1);
     x = simple(m, LAYER_MAXPOOL, x, 2, 2, 0);
+    arch_block(m, "conv1.", NULL);
     convp c2 = conv_params(m, "conv2", NULL, 32, 64, 5, true, INIT_TORCH_DEFAULT);
     x = conv_layer(m, c2, x, 5, 1, 2, true, -1);
     x = simple(m, LAYER_MAXPOOL, x, 2, 2, 0);
+    arch_block(m, "conv2.", NULL);
     x = simple(m, LAYER_FLATTEN, x, 0, 0, 0);
     x = linear(m, "fc1", x, 64 * 7 * 7, 1024, true);
+    arch_block(m, "fc1.", NULL);
     m->feature_layer = x;
-    linear(m, "fc", x, 1024, m->spec.num_classes, false);
-    return m->build_error;
+    return classifier(m, x, 1024);
+}
+
+/* The classifier alone, trained on cached features (linear probe, MLP heads): its parameter
+ * names match the full model's, so the trained head loads into backbone + head as is. */
+static eng_status build_head(eng_model *m)
+{
+    int x = simple(m, LAYER_INPUT, -1, 0, 0, 0);
+    x = simple(m, LAYER_FLATTEN, x, 0, 0, 0);
+    m->feature_layer = x;
+    if (x >= 0)
+        m->layers[x].d.out_c = m->spec.in_channels;
+    return classifier(m, x, m->spec.in_channels);
 }
 
 static const arch_def archs[] = {
     {"resnet18", 3, 224, build_resnet18},       {"resnet34", 3, 224, build_resnet34},
     {"resnet50", 3, 224, build_resnet50},       {"wide_resnet50_2", 3, 224, build_wide50},
     {"resnet20", 3, 32, build_resnet20},        {"smallcnn", 1, 28, build_smallcnn},
+    {"head", 0, 1, build_head},
 };
 
 const arch_def *arch_lookup(const char *name)

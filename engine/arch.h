@@ -54,7 +54,7 @@ typedef struct eng_model eng_model;
 
 typedef struct arch_def {
     const char *name;
-    int in_channels, default_size;
+    int in_channels, default_size; /* in_channels 0: given by the spec (the "head" arch) */
     eng_status (*build)(eng_model *m);
 } arch_def;
 
@@ -70,6 +70,8 @@ struct eng_model {
     eng_status build_error;
     bool has_bn;
     int feature_layer;
+    char blocks[256][2][48]; /* name prefixes of each block, input side first */
+    int n_blocks;
     eng_tensor param_block, grad_block, mom_block;
     eng_tensor norm_scale, norm_shift;
     eng_tensor tmp_a, tmp_b; /* backward workspaces, each as big as the largest activation */
@@ -83,6 +85,8 @@ struct eng_model {
  * recording m->build_error. */
 int arch_param(eng_model *m, const char *name, int ndim, const int64_t *dims, bool buffer, arch_init init);
 int arch_layer(eng_model *m, const arch_layer_desc *d);
+/* Records a block (one or two name prefixes; b may be NULL), input side first. */
+void arch_block(eng_model *m, const char *a, const char *b);
 
 const arch_def *arch_lookup(const char *name);
 

@@ -66,6 +66,8 @@ typedef struct eng_backend {
     /* rows: dst row dst_idx[k] = src row src_idx[k] for k < n (NULL index: identity) */
     eng_status (*move_rows)(eng_ctx *, eng_tensor *, const eng_tensor *, const int32_t *, const int32_t *, int);
     eng_status (*linf_dist)(eng_ctx *, const eng_tensor *, const eng_tensor *, double *, bool *);
+    eng_status (*feature_distance)(eng_ctx *, const eng_tensor *, const eng_tensor *, bool, double *, eng_tensor *,
+                                   float);
 } eng_backend;
 
 struct eng_ctx {

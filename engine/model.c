@@ -60,6 +60,29 @@ int arch_param(eng_model *m, const char *name, int ndim, const int64_t *dims, bo
     return m->n_params++;
 }
 
+void arch_block(eng_model *m, const char *a, const char *b)
+{
+    if (m->n_blocks >= (int)(sizeof m->blocks / sizeof m->blocks[0])) {
+        m->build_error = ENG_ERR_LIMIT;
+        return;
+    }
+    snprintf(m->blocks[m->n_blocks][0], sizeof m->blocks[0][0], "%s", a);
+    snprintf(m->blocks[m->n_blocks][1], sizeof m->blocks[0][1], "%s", b ? b : "");
+    m->n_blocks++;
+}
+
+int eng_model_num_blocks(const eng_model *m) { return m->n_blocks; }
+
+eng_status eng_model_block(const eng_model *m, int i, const char **first, const char **second)
+{
+    if (i < 0 || i >= m->n_blocks)
+        return eng_fail(ENG_ERR_ARG, "model: block %d outside [0, %d)", i, m->n_blocks);
+    const int j = m->n_blocks - 1 - i;
+    *first = m->blocks[j][0];
+    *second = m->blocks[j][1][0] ? m->blocks[j][1] : NULL;
+    return ENG_OK;
+}
+
 int arch_layer(eng_model *m, const arch_layer_desc *d)
 {
     if (m->build_error)
@@ -143,10 +166,20 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
     if (!a)
         return eng_fail(ENG_ERR_ARG,
                         "model: unknown architecture '%s' (resnet18, resnet34, resnet50, wide_resnet50_2, resnet20, "
-                        "smallcnn)",
+                        "smallcnn, head)",
                         spec->arch);
     if (spec->num_classes < 1 || spec->num_classes > 1000000)
         return eng_fail(ENG_ERR_ARG, "model: num_classes must be in [1, 1000000], got %d", spec->num_classes);
+    const eng_head_spec *h = &spec->head;
+    if (h->n_hidden < 0 || h->n_hidden > ENG_MAX_HIDDEN)
+        return eng_fail(ENG_ERR_ARG, "model: head.hidden has %d layers (at most %d)", h->n_hidden, ENG_MAX_HIDDEN);
+    for (int i = 0; i < h->n_hidden; i++)
+        if (h->hidden[i] < 1 || h->hidden[i] > 1 << 16)
+            return eng_fail(ENG_ERR_ARG, "model: head.hidden[%d] = %d is not in [1, 65536]", i, h->hidden[i]);
+    if (!(h->dropout >= 0 && h->dropout < 1))
+        return eng_fail(ENG_ERR_ARG, "model: head.dropout must be in [0, 1)");
+    if (a->in_channels == 0 && (spec->in_channels < 1 || spec->in_channels > 1 << 20))
+        return eng_fail(ENG_ERR_ARG, "model: the head architecture needs in_channels = the feature length");
     eng_model *m = calloc(1, sizeof *m);
     if (!m)
         return eng_fail(ENG_ERR_NOMEM, "model: out of memory");
@@ -155,14 +188,15 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
     m->spec = *spec;
     if (m->spec.in_channels == 0)
         m->spec.in_channels = a->in_channels;
-    if (m->spec.in_channels < 1 || m->spec.in_channels > ENG_MAX_CHANNELS) {
+    if (a->in_channels > 0 && (m->spec.in_channels < 1 || m->spec.in_channels > ENG_MAX_CHANNELS)) {
         free(m);
         return eng_fail(ENG_ERR_ARG, "model: in_channels must be in [1, %d]", ENG_MAX_CHANNELS);
     }
     int any_std = 0;
-    for (int i = 0; i < m->spec.in_channels; i++)
+    const int nc = a->in_channels > 0 ? m->spec.in_channels : 0; /* the head has no normalisation */
+    for (int i = 0; i < nc; i++)
         any_std |= m->spec.std[i] != 0.0f;
-    for (int i = 0; i < m->spec.in_channels; i++) {
+    for (int i = 0; i < nc; i++) {
         if (!any_std) {
             m->spec.mean[i] = 0.0f;
             m->spec.std[i] = 1.0f;
@@ -181,7 +215,7 @@ eng_status eng_model_new(eng_ctx *ctx, const eng_model_spec *spec, eng_model **o
         st = eng_fail(m->build_error, "model: building %s failed", a->name);
     if (st == ENG_OK)
         st = alloc_param_block(m);
-    if (st == ENG_OK)
+    if (st == ENG_OK && nc > 0)
         st = make_normalizer(m);
     if (st != ENG_OK) {
         eng_model_free(m);
@@ -312,17 +346,33 @@ void eng_model_touch(eng_model *m)
         m->params[i].value.version++;
 }
 
-eng_status eng_model_init(eng_model *m, uint64_t seed)
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+eng_status eng_model_init(eng_model *m, uint64_t seed) { return eng_model_init_prefix(m, seed, ""); }
+
+eng_status eng_model_init_prefix(eng_model *m, uint64_t seed, const char *prefix)
 {
     eng_tensor host = ENG_TENSOR_INIT;
     TRY(eng_tensor_alloc_host(&host, 1, m->param_block.dim, ENG_LAYOUT_NCHW));
-    eng_rng r;
-    eng_rng_init(&r, seed);
+    eng_status st = eng_ctx_download(m->ctx, &host, &m->param_block);
+    const size_t plen = strlen(prefix);
     int64_t off = 0;
-    for (int i = 0; i < m->n_params; i++) {
+    for (int i = 0; st == ENG_OK && i < m->n_params; i++) {
         const eng_tensor *v = &m->params[i].value;
         int64_t n = eng_tensor_numel(v);
         float *p = host.data + off;
+        off += n;
+        if (strncmp(m->params[i].name, prefix, plen) != 0)
+            continue;
+        /* a generator per parameter: re-initialising a block draws what a full init would */
+        eng_rng r;
+        eng_rng_init(&r, eng_hash64(seed, name_hash(m->params[i].name)));
         /* fan_in = C*R*S (or in features), fan_out = K*R*S: the owning weight's, for biases too */
         int64_t fan_in = v->ndim >= 2 ? n / v->dim[0] : m->pinfo[i].fan_in;
         int64_t fan_out = v->ndim == 4 ? v->dim[0] * v->dim[2] * v->dim[3] : v->dim[0];
@@ -344,11 +394,13 @@ eng_status eng_model_init(eng_model *m, uint64_t seed)
                 p[j] = 1.0f;
             break;
         case INIT_ZERO:
+            for (int64_t j = 0; j < n; j++)
+                p[j] = 0.0f;
             break;
         }
-        off += n;
     }
-    eng_status st = eng_ctx_upload(m->ctx, &m->param_block, &host);
+    if (st == ENG_OK)
+        st = eng_ctx_upload(m->ctx, &m->param_block, &host);
     eng_tensor_cleanup(&host);
     eng_model_touch(m);
     return st;

@@ -13,12 +13,26 @@
 typedef struct eng_model eng_model;
 
 #define ENG_MAX_CHANNELS 4
+#define ENG_MAX_HIDDEN 8
+
+/* The classifier on top of the penultimate features: `n_hidden` layers of linear, optional
+ * batch norm, relu and optional dropout (the paper's MLP heads, section 4.2.1), then "fc".
+ * All zero: a single linear layer, as torchvision. Hidden layer i is named "head.i.linear"
+ * and "head.i.bn". */
+typedef struct eng_head_spec {
+    int n_hidden;
+    int hidden[ENG_MAX_HIDDEN]; /* widths; the paper uses 2048 */
+    bool bn;
+    float dropout;              /* in [0, 1); the paper uses 0.25 */
+} eng_head_spec;
 
 typedef struct eng_model_spec {
-    const char *arch;   /* "resnet18", "resnet34", "resnet50", "wide_resnet50_2", "resnet20", "smallcnn" */
+    const char *arch;   /* "resnet18", "resnet34", "resnet50", "wide_resnet50_2", "resnet20", "smallcnn",
+                         * or "head": the classifier alone, on feature vectors [N, F, 1, 1] */
     int num_classes;    /* >= 1 */
-    int in_channels;    /* 0: the architecture's default (3; 1 for smallcnn) */
+    int in_channels;    /* 0: the architecture's default (3; 1 for smallcnn); "head": F (>= 1) */
     float mean[ENG_MAX_CHANNELS], std[ENG_MAX_CHANNELS]; /* all std 0: mean 0, std 1 (identity) */
+    eng_head_spec head;
 } eng_model_spec;
 
 /* Builds a model on the context's device with parameters zeroed (call eng_model_init or load
@@ -37,6 +51,16 @@ int64_t eng_model_feature_dim(const eng_model *m);
 /* torchvision's initialisation (Kaiming-normal fan-out convolutions, BN weight 1 bias 0,
  * PyTorch's default Linear) from a seed; the same seed gives the same weights. */
 eng_status eng_model_init(eng_model *m, uint64_t seed);
+/* The same for the parameters (and running statistics) whose names start with `prefix` only;
+ * each parameter's values depend on the seed and its name, not on what else is initialised. */
+eng_status eng_model_init_prefix(eng_model *m, uint64_t seed, const char *prefix);
+
+/* Blocks, counted from the output: block 0 is "fc", then the head's hidden layers, then the
+ * backbone's residual blocks (or layers) down to the stem. Each block is one or two name
+ * prefixes ("layer4.2.", or "conv1." and "bn1." for a ResNet stem). For retrain_blocks. */
+int eng_model_num_blocks(const eng_model *m);
+/* Prefixes of block i (from the output); *second may be NULL. ENG_ERR_ARG outside the range. */
+eng_status eng_model_block(const eng_model *m, int i, const char **first, const char **second);
 
 /* ---- parameters ---- */
 typedef struct eng_param {

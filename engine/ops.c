@@ -668,3 +668,17 @@ eng_status eng_linf_dist(eng_ctx *ctx, const eng_tensor *x, const eng_tensor *x0
     TRY(same(x, x0, "linf_dist", "x", "x0"));
     return ctx->be->linf_dist(ctx, x, x0, max_abs, in_unit);
 }
+
+eng_status eng_feature_distance_loss(eng_ctx *ctx, const eng_tensor *z, const eng_tensor *z0, bool l1,
+                                     double *loss_sum, eng_tensor *dz, float grad_scale)
+{
+    NEED_OP(feature_distance);
+    TRY(need(ctx, z, "feature_distance", "z", 2));
+    TRY(need(ctx, z0, "feature_distance", "z0", 2));
+    TRY(same(z, z0, "feature_distance", "z", "z0"));
+    if (dz) {
+        TRY(need(ctx, dz, "feature_distance", "dz", 2));
+        TRY(same(dz, z, "feature_distance", "dz", "z"));
+    }
+    return ctx->be->feature_distance(ctx, z, z0, l1, loss_sum, dz, grad_scale);
+}

@@ -126,6 +126,12 @@ eng_status eng_linear_bwd_weight(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, c
 eng_status eng_xent(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, double *loss_sum,
                     eng_tensor *per_example, eng_tensor *dlogits, float grad_scale);
 
+/* Feature distance for Learning without Forgetting: d_n = ||z_n - z0_n||_2 (or ||.||_1 with
+ * l1) over rows of z, z0 [N, F]. loss_sum (host, may be NULL) = sum of d_n; dz (may be NULL) =
+ * d d_n / d z_n * grad_scale, taken as 0 where z_n == z0_n (the l2 norm's kink). */
+eng_status eng_feature_distance_loss(eng_ctx *ctx, const eng_tensor *z, const eng_tensor *z0, bool l1,
+                                     double *loss_sum, eng_tensor *dz, float grad_scale);
+
 /* ---- optimiser ----
  * PyTorch's SGD: g' = g + wd * p; buf = first ? g' : momentum * buf + (1 - dampening) * g';
  * step = nesterov ? g' + momentum * buf : buf (g' when momentum is 0); p -= lr * step. */

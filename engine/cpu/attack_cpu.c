@@ -184,3 +184,34 @@ eng_status cpu_linf_dist(eng_ctx *ctx, const eng_tensor *x, const eng_tensor *x0
         *in_unit = outside == 0;
     return ENG_OK;
 }
+
+eng_status cpu_feature_distance(eng_ctx *ctx, const eng_tensor *z, const eng_tensor *z0, bool l1, double *loss_sum,
+                                eng_tensor *dz, float grad_scale)
+{
+    (void)ctx;
+    const int64_t N = z->dim[0], F = z->dim[1];
+    double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static) if (N * F > PAR_MIN)
+    for (int64_t n = 0; n < N; n++) {
+        const float *a = z->data + n * F, *b = z0->data + n * F;
+        double d = 0;
+        for (int64_t f = 0; f < F; f++) {
+            double e = (double)a[f] - b[f];
+            d += l1 ? fabs(e) : e * e;
+        }
+        if (!l1)
+            d = sqrt(d);
+        total += d;
+        if (dz) {
+            float *g = dz->data + n * F;
+            const double inv = (!l1 && d > 0) ? 1.0 / d : 0.0;
+            for (int64_t f = 0; f < F; f++) {
+                double e = (double)a[f] - b[f];
+                g[f] = (float)((l1 ? (double)((e > 0) - (e < 0)) : e * inv) * grad_scale);
+            }
+        }
+    }
+    if (loss_sum)
+        *loss_sum = total;
+    return ENG_OK;
+}

@@ -66,5 +66,6 @@ eng_status cpu_apgd_step(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_
 eng_status cpu_linf_random_start(eng_ctx *, eng_tensor *, const eng_tensor *, float, uint64_t, bool);
 eng_status cpu_move_rows(eng_ctx *, eng_tensor *, const eng_tensor *, const int32_t *, const int32_t *, int);
 eng_status cpu_linf_dist(eng_ctx *, const eng_tensor *, const eng_tensor *, double *, bool *);
+eng_status cpu_feature_distance(eng_ctx *, const eng_tensor *, const eng_tensor *, bool, double *, eng_tensor *, float);
 
 #endif

@@ -947,4 +947,5 @@ const eng_backend eng_cpu_backend = {
     .linf_random_start = cpu_linf_random_start,
     .move_rows = cpu_move_rows,
     .linf_dist = cpu_linf_dist,
+    .feature_distance = cpu_feature_distance,
 };

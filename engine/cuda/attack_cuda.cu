@@ -316,3 +316,46 @@ eng_status cu_linf_dist(eng_ctx *ctx, const eng_tensor *x, const eng_tensor *x0,
         *in_unit = outside == 0;
     return ENG_OK;
 }
+
+/* One block per example: the row's distance by a block reduction, then its gradient. */
+__global__ void k_feature_distance(const float *z, const float *z0, int64_t F, bool l1, float grad_scale, float *dz,
+                                   double *rows)
+{
+    const int64_t n = blockIdx.x;
+    const float *a = z + n * F, *b = z0 + n * F;
+    double d = 0;
+    for (int64_t f = threadIdx.x; f < F; f += blockDim.x) {
+        double e = (double)a[f] - b[f];
+        d += l1 ? fabs(e) : e * e;
+    }
+    d = block_sum(d);
+    if (!l1)
+        d = sqrt(d);
+    if (threadIdx.x == 0 && rows)
+        rows[n] = d;
+    if (dz) {
+        const double inv = (!l1 && d > 0) ? 1.0 / d : 0.0;
+        for (int64_t f = threadIdx.x; f < F; f += blockDim.x) {
+            double e = (double)a[f] - b[f];
+            dz[n * F + f] = (float)((l1 ? (double)((e > 0) - (e < 0)) : e * inv) * grad_scale);
+        }
+    }
+}
+
+eng_status cu_feature_distance(eng_ctx *ctx, const eng_tensor *z, const eng_tensor *z0, bool l1, double *loss_sum,
+                               eng_tensor *dz, float grad_scale)
+{
+    CU_TRY(cu_enter(ctx));
+    cudaStream_t st = cu_of(ctx)->stream;
+    const int64_t N = z->dim[0], F = z->dim[1];
+    if (N > 0x7fffffff)
+        return eng_fail(ENG_ERR_LIMIT, "cuda: feature distance: more than 2^31 examples");
+    cu_temps tmp(ctx);
+    double *rows = NULL;
+    if (loss_sum)
+        CU_TRY(tmp.get((size_t)N + 1, &rows));
+    k_feature_distance<<<(unsigned)N, CU_THREADS, 0, st>>>(z->data, z0->data, F, l1, grad_scale,
+                                                           dz ? dz->data : NULL, rows);
+    CU_TRY(cu_launched("feature distance"));
+    return loss_sum ? cu_rows_sum(ctx, rows, N, loss_sum) : ENG_OK;
+}

@@ -255,5 +255,6 @@ eng_status cu_apgd_step(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_t
 eng_status cu_linf_random_start(eng_ctx *, eng_tensor *, const eng_tensor *, float, uint64_t, bool);
 eng_status cu_move_rows(eng_ctx *, eng_tensor *, const eng_tensor *, const int32_t *, const int32_t *, int);
 eng_status cu_linf_dist(eng_ctx *, const eng_tensor *, const eng_tensor *, double *, bool *);
+eng_status cu_feature_distance(eng_ctx *, const eng_tensor *, const eng_tensor *, bool, double *, eng_tensor *, float);
 
 #endif

@@ -41,7 +41,7 @@ $(CUDA_STAMP):
 # ---- the CPU emulation ----
 # Kernels that synchronise their block (__syncthreads, block_sum/block_max): the emulation runs
 # their threads as coroutines. One missing here stops the run with a message naming EMU_SYNC.
-EMU_SYNC := k_partial_x1 k_partial_xn k_xent k_sum_rows k_row_absmax k_linf_dist
+EMU_SYNC := k_partial_x1 k_partial_xn k_xent k_sum_rows k_row_absmax k_linf_dist k_feature_distance
 EMU_DIR  := engine/cuda/emu
 EMU_B    := $(B)/emu
 EMU_CXX  ?= g++

@@ -687,4 +687,5 @@ extern "C" const eng_backend eng_cuda_backend = {
     .linf_random_start = cu_linf_random_start,
     .move_rows = cu_move_rows,
     .linf_dist = cu_linf_dist,
+    .feature_distance = cu_feature_distance,
 };

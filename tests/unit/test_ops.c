@@ -846,6 +846,58 @@ static void test_xent(void)
     eng_tensor_cleanup(&z), eng_tensor_cleanup(&dz), eng_tensor_cleanup(&per);
 }
 
+/* ---- feature distance (LwF) ---- */
+
+typedef struct fdist_ref {
+    int N, F, l1;
+    double *z, *z0;
+} fdist_ref;
+
+static double fdist_loss(void *p)
+{
+    fdist_ref *r = p;
+    double l = 0;
+    for (int n = 0; n < r->N; n++) {
+        double d = 0;
+        for (int f = 0; f < r->F; f++) {
+            double e = r->z[n * r->F + f] - r->z0[n * r->F + f];
+            d += r->l1 ? fabs(e) : e * e;
+        }
+        l += r->l1 ? d : sqrt(d);
+    }
+    return l / r->N;
+}
+
+static void test_feature_distance(void)
+{
+    const int N = 4, F = 9;
+    eng_tensor z = ENG_TENSOR_INIT, z0 = ENG_TENSOR_INIT, dz = ENG_TENSOR_INIT;
+    eng_tensor_alloc2(&z, N, F);
+    eng_tensor_alloc2(&z0, N, F);
+    eng_tensor_alloc2(&dz, N, F);
+    fill_distinct(z.data, N * F, 121); /* |z - z0| >= 0.05: away from the l1 kinks */
+    for (int i = 0; i < N * F; i++)
+        z0.data[i] = 0;
+    for (int l1 = 0; l1 <= 1; l1++) {
+        double sum = 0;
+        REQUIRE_OK(eng_feature_distance_loss(ctx_onednn, &z, &z0, l1, &sum, &dz, 1.0f / N));
+        fdist_ref r = {N, F, l1, to_double(z.data, N * F), to_double(z0.data, N * F)};
+        double ref = fdist_loss(&r);
+        CHECKF(fabs(sum / N - ref) <= 1e-6 * (1 + ref), "feature distance l%d: %.8g vs %.8g", l1 ? 1 : 2, sum / N,
+               ref);
+        double g[36];
+        fd(r.z, N * F, fdist_loss, &r, g);
+        double e = rel_err_fd(dz.data, g, N * F);
+        CHECKF(e <= TOL, "feature distance l%d grad rel err %.3g", l1 ? 1 : 2, e);
+        free(r.z), free(r.z0);
+    }
+    /* identical rows: distance 0 and a zero gradient, not NaN */
+    double sum = -1;
+    REQUIRE_OK(eng_feature_distance_loss(ctx_onednn, &z, &z, false, &sum, &dz, 1.0f));
+    CHECK(sum == 0 && dz.data[0] == 0 && dz.data[N * F - 1] == 0);
+    eng_tensor_cleanup(&z), eng_tensor_cleanup(&z0), eng_tensor_cleanup(&dz);
+}
+
 /* ---- SGD: PyTorch's update rule, three steps against a double recurrence ---- */
 
 static void check_sgd(float momentum, float dampening, float wd, bool nesterov)
@@ -909,6 +961,7 @@ int main(void)
     T_RUN(test_upsample);
     T_RUN(test_dropout);
     T_RUN(test_xent);
+    T_RUN(test_feature_distance);
     T_RUN(test_sgd);
     eng_ctx_free(ctx_onednn);
     eng_ctx_free(ctx_gemm);
