@@ -13,6 +13,7 @@
 #include "model.h"
 #include "attack.h"
 #include "eval.h"
+#include "train.h"
 #include "data.h"
 #include "safetensors.h"
 #include "weights.h"
