@@ -14,6 +14,7 @@
 #include "attack.h"
 #include "eval.h"
 #include "train.h"
+#include "job.h"
 #include "data.h"
 #include "safetensors.h"
 #include "weights.h"
