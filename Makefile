@@ -17,7 +17,7 @@ XCFLAGS := -std=gnu11 -Wall -Wextra -Werror -fopenmp -fPIC -Iengine
 # OpenBLAS built on OpenMP shares the thread pool of oneDNN and of our kernels; the pthread
 # build runs its own threads, which fight OpenMP's spinning workers for the cores.
 OPENBLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
-LDLIBS  := -ldnnl -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -ljansson -lpng -lz -lm -lpthread
+LDLIBS  := -ldnnl -L$(OPENBLAS_DIR) -Wl,-rpath,$(OPENBLAS_DIR) -lopenblas -ljansson -larchive -ljpeg -lpng -lz -lm -lpthread
 B       := build
 
 ENGINE_SRC := $(wildcard engine/*.c engine/cpu/*.c)

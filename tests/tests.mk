@@ -25,8 +25,12 @@ FUZZ_DEPS_fuzz_safetensors := engine/safetensors.c
 FUZZ_DEPS_fuzz_png_decode  := engine/png.c
 # Libraries a target links beyond jansson and libm, in FUZZ_LIBS_<name>.
 FUZZ_LIBS_fuzz_png_decode  := -lpng -lz
+# The dataset readers: every fuzz_data_* target links all of engine/data*.c.
+FUZZ_DATA_SRC  := $(wildcard engine/data*.c) engine/png.c
+FUZZ_DATA_LIBS := -larchive -ljpeg -lpng -lz
+$(foreach t,idx cifar npy npz archive image detect,$(eval FUZZ_DEPS_fuzz_data_$(t) := $$(FUZZ_DATA_SRC))$(eval FUZZ_LIBS_fuzz_data_$(t) := $$(FUZZ_DATA_LIBS)))
 
-$(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h)
+$(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_ENGINE) $(FUZZ_DEPS_$*) $(FUZZ_LIBS_$*) -ljansson -lm
 
@@ -45,3 +49,10 @@ $(B)/tests/parity_check: tests/parity/parity.c tests/t.h $(B)/librtengine.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
 tests: $(B)/tests/parity_check
+
+# Attack parity checker: tests/suites/attack_parity.sh runs it on what
+# tests/parity/gen_attack_ref.py writes. Not named test_*, so tests/run never calls it bare.
+$(B)/tests/attack_check: tests/parity/attack_check.c tests/t.h $(B)/librtengine.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+tests: $(B)/tests/attack_check
