@@ -70,5 +70,8 @@ deps:
 test: deps all
 	@tests/run
 
+demo: deps all
+	@tools/demo
+
 clean:
 	rm -rf $(B)
