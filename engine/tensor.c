@@ -90,7 +90,7 @@ eng_status eng_tensor_alloc_host(eng_tensor *t, int ndim, const int64_t *dims, e
     if (!tmp.data)
         return eng_fail(ENG_ERR_NOMEM, "tensor: cannot allocate %lld floats", (long long)need);
     memset(tmp.data, 0, (size_t)need * sizeof(float));
-    tmp.cap = (size_t)need;
+    tmp.cap = (size_t)(need > 0 ? need : 16); /* eng_alloc(0) still hands out a block to free */
     tmp.dev = ENG_DEV_CPU;
     eng_tensor_cleanup(t);
     *t = tmp;
