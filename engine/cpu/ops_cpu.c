@@ -298,14 +298,31 @@ static void chan_sums(chan_acc *acc, const cpu_view *v, const float *x, const fl
                 a[cb] += sa;
                 b[cb] += sb;
             } else {
-                double *ac = a + cb * v->X, *bc = b + cb * v->X;
-                const float *mc = ysub_mean ? ysub_mean + cb * v->X : NULL;
-                for (int64_t s = 0; s < v->S; s++) {
-                    const float *qx = px + s * v->X, *qy = py + s * v->X;
+                /* eight lanes at a time in local accumulators the compiler keeps in registers */
+                for (int64_t i0 = 0; i0 < v->X; i0 += 8) {
+                    const int m = v->X - i0 < 8 ? (int)(v->X - i0) : 8;
+                    double la[8] = {0}, lb[8] = {0};
+                    float mu[8] = {0};
+                    for (int i = 0; ysub_mean && i < m; i++)
+                        mu[i] = ysub_mean[cb * v->X + i0 + i];
+                    const float *qx = px + i0, *qy = py + i0;
+                    if (m == 8) {
+                        for (int64_t s = 0; s < v->S; s++, qx += v->X, qy += v->X)
 #pragma omp simd
-                    for (int64_t i = 0; i < v->X; i++) {
-                        ac[i] += qx[i];
-                        bc[i] += (double)qx[i] * (qy[i] - (mc ? mc[i] : 0.0f));
+                            for (int i = 0; i < 8; i++) {
+                                la[i] += qx[i];
+                                lb[i] += (double)qx[i] * (qy[i] - mu[i]);
+                            }
+                    } else {
+                        for (int64_t s = 0; s < v->S; s++, qx += v->X, qy += v->X)
+                            for (int i = 0; i < m; i++) {
+                                la[i] += qx[i];
+                                lb[i] += (double)qx[i] * (qy[i] - mu[i]);
+                            }
+                    }
+                    for (int i = 0; i < m; i++) {
+                        a[cb * v->X + i0 + i] += la[i];
+                        b[cb * v->X + i0 + i] += lb[i];
                     }
                 }
             }
@@ -319,6 +336,31 @@ static void chan_sums(chan_acc *acc, const cpu_view *v, const float *x, const fl
         }
         sum_x[c] = sa;
         sum_xy[c] = sb;
+    }
+}
+
+/* Up to eight lanes of one [S][X] row: y = relu?(x * a + b + res), or y += that. */
+static inline __attribute__((always_inline)) void affine_lanes(float *py, const float *px, const float *pr,
+                                                               const float *a, const float *b, int64_t S, int64_t X,
+                                                               int m, bool has_res, bool relu, bool acc)
+{
+    for (int64_t s = 0; s < S; s++, px += X, py += X, pr += has_res ? X : 0) {
+        if (m == 8) {
+#pragma omp simd
+            for (int i = 0; i < 8; i++) {
+                float o = px[i] * a[i] + b[i] + (has_res ? pr[i] : 0.0f);
+                if (relu)
+                    o = o > 0.0f ? o : 0.0f;
+                py[i] = acc ? py[i] + o : o;
+            }
+        } else {
+            for (int i = 0; i < m; i++) {
+                float o = px[i] * a[i] + b[i] + (has_res ? pr[i] : 0.0f);
+                if (relu)
+                    o = o > 0.0f ? o : 0.0f;
+                py[i] = acc ? py[i] + o : o;
+            }
+        }
     }
 }
 
@@ -342,14 +384,22 @@ static void chan_affine(const cpu_view *v, float *y, const float *x, const float
                 py[s] = accumulate ? py[s] + o : o;
             }
         } else {
-            const float *a = scale + cb * v->X, *b = shift ? shift + cb * v->X : NULL;
-            for (int64_t s = 0; s < v->S; s++) {
-#pragma omp simd
-                for (int64_t i = 0; i < v->X; i++) {
-                    float o = px[s * v->X + i] * a[i] + (b ? b[i] : 0.0f) + (pr ? pr[s * v->X + i] : 0.0f);
-                    if (relu)
-                        o = o > 0.0f ? o : 0.0f;
-                    py[s * v->X + i] = accumulate ? py[s * v->X + i] + o : o;
+            const int mode = (pr ? 1 : 0) | (relu ? 2 : 0) | (accumulate ? 4 : 0);
+            for (int64_t i0 = 0; i0 < v->X; i0 += 8) {
+                const int m = v->X - i0 < 8 ? (int)(v->X - i0) : 8;
+                float a8[8] = {0}, b8[8] = {0};
+                for (int i = 0; i < m; i++) {
+                    a8[i] = scale[cb * v->X + i0 + i];
+                    b8[i] = shift ? shift[cb * v->X + i0 + i] : 0.0f;
+                }
+                /* the flags are constants in each case, so every loop compiles branch-free */
+                switch (mode) {
+                case 0: affine_lanes(py + i0, px + i0, px, a8, b8, v->S, v->X, m, false, false, false); break;
+                case 1: affine_lanes(py + i0, px + i0, pr + i0, a8, b8, v->S, v->X, m, true, false, false); break;
+                case 2: affine_lanes(py + i0, px + i0, px, a8, b8, v->S, v->X, m, false, true, false); break;
+                case 3: affine_lanes(py + i0, px + i0, pr + i0, a8, b8, v->S, v->X, m, true, true, false); break;
+                default:
+                    affine_lanes(py + i0, px + i0, pr ? pr + i0 : px, a8, b8, v->S, v->X, m, pr != NULL, relu, true);
                 }
             }
         }
