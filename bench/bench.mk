@@ -1,5 +1,14 @@
 # `make bench`: rtaas against PyTorch on the same work (bench/run prints the ratio table and
 # writes it to build/bench/latest.txt). The benchmark binary links like the tests.
+#
+# A subset of the cases, comma- or space-separated; the conv table runs only when named:
+#   BENCH_CASES=resnet20_pgd20_b128,smallcnn_lwf_epoch make bench
+#   BENCH_CASES=resnet50_fwd_b8,conv_table BENCH_GEMM=0 bench/run
+# Cases: resnet50_fwd_b8 resnet50_pgd_step_b8 resnet20_train_b128 smallcnn_train_b128 (one step
+# each); resnet20_pgd20_b128 resnet50_pgd20_b8 (a whole PGD-20 attack per step);
+# smallcnn_linear_pipeline (features of 10000 images, then 10 epochs of a linear head);
+# smallcnn_lwf_epoch (one Learning-without-Forgetting epoch over 10000 images); conv_table.
+# Repeats per case unless BENCH_ITERS/BENCH_WARMUP are set: see the comment in bench/run.
 
 $(B)/bench/bench_rtaas: bench/bench_rtaas.c $(B)/librtengine.a $(wildcard engine/*.h)
 	@mkdir -p $(dir $@)
@@ -7,3 +16,8 @@ $(B)/bench/bench_rtaas: bench/bench_rtaas.c $(B)/librtengine.a $(wildcard engine
 
 bench: all $(B)/bench/bench_rtaas
 	@bench/run
+
+# `make bench-service`: the REST API under wrk, and upload throughput against cp (bench/service).
+.PHONY: bench-service
+bench-service: $(B)/rtaas
+	@bench/service

@@ -246,6 +246,388 @@ out:
     return rc;
 }
 
+/* ---- whole API calls: a PGD-20 attack, the linear-probe pipeline, an LwF epoch ----
+ * One timed step is one call of the engine's public API (eng_attack_run, eng_extract_features
+ * plus eng_train_natural on a head, eng_train_lwf), as a job would make it. */
+
+typedef struct timing {
+    double ts[MAX_ITERS];
+    int timed;
+    double med, t_min, t_max, others;
+} timing;
+
+/* One step of a case; `it` counts from 0, warm-up steps first. Returns 0 or 1 (error printed). */
+typedef int (*step_fn)(void *state, int it);
+
+/* The protocol of run_model_case (warm-up, median, budget, share of other processes) around
+ * any step function. */
+static int time_steps(const bench_opts *o, const char *name, step_fn step, void *state, timing *t)
+{
+    double spent = 0;
+    cpu_mark mark0 = cpu_mark_now();
+    t->timed = 0;
+    for (int it = 0; it < o->warmup + o->iters; it++) {
+        if (it == o->warmup)
+            mark0 = cpu_mark_now();
+        if (o->budget_s > 0 && t->timed >= MIN_ITERS && spent > o->budget_s * 1e3)
+            break;
+        const double t0 = now_ms();
+        if (step(state, it) != 0)
+            return 1;
+        const double dt = now_ms() - t0;
+        if (o->verbose)
+            fprintf(stderr, "%s step %d%s: %.2f ms\n", name, it, it < o->warmup ? " (warm-up)" : "", dt);
+        if (it >= o->warmup) {
+            t->ts[t->timed++] = dt;
+            spent += dt;
+        } else if (o->budget_s > 0 && dt > 10e3) {
+            it = o->warmup - 1; /* a step this slow has warmed up whatever it caches */
+        }
+    }
+    t->others = others_pct(mark0, cpu_mark_now());
+    t->t_min = 1e300;
+    t->t_max = 0;
+    for (int i = 0; i < t->timed; i++) {
+        t->t_min = t->ts[i] < t->t_min ? t->ts[i] : t->t_min;
+        t->t_max = t->ts[i] > t->t_max ? t->ts[i] : t->t_max;
+    }
+    double sorted[MAX_ITERS];
+    memcpy(sorted, t->ts, (size_t)t->timed * sizeof *sorted);
+    t->med = t->timed ? median(sorted, t->timed) : NAN;
+    return 0;
+}
+
+static void print_result(const char *name, eng_ctx *ctx, const timing *t, const char *extra, const char *sanity)
+{
+    printf("rtaas %s %s median_ms=%.2f min_ms=%.2f max_ms=%.2f iters=%d threads=%d %s others_cpu_pct=%.1f "
+           "sanity=%s\n",
+           name, eng_ctx_backend_name(ctx), t->med, t->t_min, t->t_max, t->timed, eng_ctx_threads(ctx), extra,
+           t->others, sanity);
+    printf("rtaas_result %s %s %.2f %.1f\n", name, eng_ctx_backend_name(ctx), t->med, t->others);
+}
+
+/* Fraction of rows of logits (context memory, [N, K]) whose arg-max is the label. */
+static eng_status accuracy(eng_ctx *ctx, const eng_tensor *logits, const int32_t *labels, double *acc)
+{
+    eng_tensor h = ENG_TENSOR_INIT;
+    eng_status s = eng_tensor_alloc_host(&h, 2, logits->dim, ENG_LAYOUT_NCHW);
+    if (s == ENG_OK)
+        s = eng_ctx_download(ctx, &h, logits);
+    const int64_t N = logits->dim[0], K = logits->dim[1];
+    int64_t c = 0;
+    for (int64_t n = 0; s == ENG_OK && n < N; n++) {
+        int64_t best = 0;
+        for (int64_t k = 1; k < K; k++)
+            if (h.data[n * K + k] > h.data[n * K + best])
+                best = k;
+        c += best == labels[n];
+    }
+    *acc = (double)c / (double)N;
+    eng_tensor_cleanup(&h);
+    return s;
+}
+
+/* PGD-20 at l_inf 8/255, step 2/255, random start, cross-entropy, eval mode (Madry et al.). */
+static const model_case ATTACK_CASES[] = {
+    {"resnet20_pgd20_b128", "resnet20", 128, 3, 32, 10, KIND_PGD, {0.4914f, 0.4822f, 0.4465f},
+     {0.2470f, 0.2435f, 0.2616f}},
+    {"resnet50_pgd20_b8", "resnet50", 8, 3, 224, 1000, KIND_PGD, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
+};
+#define PGD_STEPS 20
+#define PGD_EPS (8.0f / 255)
+#define PGD_ALPHA (2.0f / 255)
+
+typedef struct attack_state {
+    eng_model *m;
+    eng_attack_spec spec;
+    eng_tensor x, x_adv; /* context memory */
+    int32_t *labels;
+    bool *fooled;
+    float *loss;
+} attack_state;
+
+static int attack_step(void *p, int it)
+{
+    int rc = 0;
+    attack_state *s = p;
+    (void)it;
+    CHECK(eng_attack_run(s->m, &s->spec, &s->x, s->labels, &s->x_adv, s->fooled, s->loss));
+out:
+    return rc;
+}
+
+static int run_attack_case(const model_case *mc, const bench_opts *o)
+{
+    int rc = 0;
+    eng_ctx *ctx = NULL;
+    eng_tensor xh = ENG_TENSOR_INIT;
+    attack_state s = {.x = ENG_TENSOR_INIT, .x_adv = ENG_TENSOR_INIT};
+    timing t;
+    const eng_tensor *logits;
+
+    CHECK(eng_ctx_new(&ctx, &(eng_ctx_opts){.device = "cpu", .threads = o->threads, .conv = o->conv}));
+    eng_model_spec spec = {.arch = mc->arch, .num_classes = mc->classes};
+    for (int i = 0; i < mc->c; i++) {
+        spec.mean[i] = mc->mean[i];
+        spec.std[i] = mc->std[i];
+    }
+    CHECK(eng_model_new(ctx, &spec, &s.m));
+    CHECK(eng_model_init(s.m, 42));
+    CHECK(eng_tensor_alloc4(&xh, mc->n, mc->c, mc->size, mc->size));
+    fill_uniform(xh.data, eng_tensor_numel(&xh), 1, 0.0f, 1.0f);
+    CHECK(eng_ctx_tensor_alloc(ctx, &s.x, 4, xh.dim, ENG_LAYOUT_NCHW));
+    CHECK(eng_ctx_tensor_alloc(ctx, &s.x_adv, 4, xh.dim, ENG_LAYOUT_NCHW));
+    CHECK(eng_ctx_upload(ctx, &s.x, &xh));
+    s.labels = malloc((size_t)mc->n * sizeof *s.labels);
+    s.fooled = malloc((size_t)mc->n * sizeof *s.fooled);
+    s.loss = malloc((size_t)mc->n * sizeof *s.loss);
+    if (!s.labels || !s.fooled || !s.loss) {
+        fprintf(stderr, "bench_rtaas: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    for (int i = 0; i < mc->n; i++)
+        s.labels[i] = (int32_t)(eng_hash64(2, (uint64_t)i) % (uint64_t)mc->classes);
+    eng_attack_defaults(&s.spec, ENG_ATTACK_PGD, PGD_EPS, PGD_STEPS);
+    s.spec.alpha = PGD_ALPHA;
+    s.spec.random_start = true;
+    s.spec.restarts = 1;
+    s.spec.best = false;
+    s.spec.seed = 7;
+
+    /* clean accuracy and loss, untimed: the attack's result is judged against them */
+    double clean_acc = 0, clean_loss = 0;
+    CHECK(eng_model_forward(s.m, &s.x, &(eng_forward_opts){.mode = ENG_MODE_EVAL}, &logits));
+    CHECK(accuracy(ctx, logits, s.labels, &clean_acc));
+    CHECK(eng_xent(ctx, logits, s.labels, &clean_loss, NULL, NULL, 1.0f));
+    clean_loss /= mc->n;
+
+    if (time_steps(o, mc->name, attack_step, &s, &t) != 0) {
+        rc = 1;
+        goto out;
+    }
+
+    /* Sanity: the last attack's points lie in the eps-ball and in [0,1]; its loss is finite. */
+    double linf = 0, mean_loss = 0;
+    bool in_unit = false;
+    int robust = 0;
+    CHECK(eng_linf_dist(ctx, &s.x_adv, &s.x, &linf, &in_unit));
+    for (int i = 0; i < mc->n; i++) {
+        robust += !s.fooled[i];
+        mean_loss += s.loss[i] / mc->n;
+    }
+    const char *sanity = "ok";
+    if (!in_unit || !(linf <= PGD_EPS + 1e-6))
+        sanity = "BAD-outside-the-eps-ball";
+    else if (!isfinite(mean_loss) || !(mean_loss > clean_loss))
+        sanity = "BAD-loss-did-not-rise";
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "attack=pgd%d eps=8/255 alpha=2/255 clean_acc=%.4f adv_acc=%.4f clean_loss=%.4f adv_loss=%.4f "
+             "linf=%.5f",
+             PGD_STEPS, clean_acc, (double)robust / mc->n, clean_loss, mean_loss, linf);
+    print_result(mc->name, ctx, &t, extra, sanity);
+    if (strncmp(sanity, "BAD", 3) == 0)
+        rc = 1;
+out:
+    free(s.labels);
+    free(s.fooled);
+    free(s.loss);
+    eng_ctx_tensor_free(ctx, &s.x);
+    eng_ctx_tensor_free(ctx, &s.x_adv);
+    eng_tensor_cleanup(&xh);
+    eng_model_free(s.m);
+    eng_ctx_free(ctx);
+    return rc;
+}
+
+/* The transfer cases: the small CNN on PIPE_N random 28x28 grayscale images with random labels. */
+#define PIPE_N 10000
+#define PIPE_CLASSES 10
+#define FEATURE_BATCH 256
+#define LINEAR_EPOCHS 10
+#define LWF_LAMBDA 0.01f
+
+typedef enum { PIPE_LINEAR, PIPE_LWF } pipe_kind;
+
+static const struct pipe_case {
+    const char *name;
+    pipe_kind kind;
+} PIPE_CASES[] = {
+    {"smallcnn_linear_pipeline", PIPE_LINEAR},
+    {"smallcnn_lwf_epoch", PIPE_LWF},
+};
+
+/* An eng_source over images held in host memory, [n, 1, 28, 28]. */
+typedef struct host_images {
+    const float *x;
+    const int32_t *labels;
+    int64_t per; /* floats per image */
+} host_images;
+
+static eng_status host_batch(void *user, const int64_t *idx, int count, uint64_t aug_seed, eng_tensor *x,
+                             int32_t *labels)
+{
+    (void)aug_seed; /* no augmentation: both cases run with it off */
+    const host_images *h = user;
+    for (int i = 0; i < count; i++) {
+        memcpy(x->data + (int64_t)i * h->per, h->x + idx[i] * h->per, (size_t)h->per * sizeof(float));
+        labels[i] = h->labels[idx[i]];
+    }
+    return ENG_OK;
+}
+
+typedef struct pipe_state {
+    const bench_opts *o;
+    eng_ctx *ctx;
+    eng_model *m;      /* linear: the frozen backbone; lwf: the source model */
+    eng_model *target; /* lwf: the model being fine-tuned */
+    eng_source src;
+    const int32_t *labels;
+    const float *z0;   /* lwf: the source model's features of every image */
+    eng_train_opts topts;
+    double feat_ms[MAX_ITERS], head_ms[MAX_ITERS];
+    double loss_first, loss_last, acc_last; /* of the last step's training: first and last epoch */
+} pipe_state;
+
+static void record_log(pipe_state *s, const eng_train_log *log)
+{
+    s->loss_first = log->n ? log->epochs[0].loss : NAN;
+    s->loss_last = log->n ? log->epochs[log->n - 1].loss : NAN;
+    s->acc_last = log->n ? log->epochs[log->n - 1].accuracy : NAN;
+}
+
+/* Features of every image in batches of FEATURE_BATCH, then a fresh linear head trained on
+ * them for LINEAR_EPOCHS: what engine/job.c does for method "linear". */
+static int linear_step(void *p, int it)
+{
+    int rc = 0;
+    pipe_state *s = p;
+    float *feats = NULL;
+    int64_t F = 0;
+    eng_model *head = NULL;
+    eng_train_log log = {0};
+    const double t0 = now_ms();
+    CHECK(eng_extract_features(s->m, &s->src, FEATURE_BATCH, NULL, NULL, &feats, &F));
+    const double t1 = now_ms();
+    eng_model_spec hs = {.arch = "head", .num_classes = PIPE_CLASSES, .in_channels = (int)F};
+    CHECK(eng_model_new(s->ctx, &hs, &head));
+    CHECK(eng_model_init(head, eng_hash64(3, (uint64_t)it)));
+    eng_source fs;
+    eng_feature_data fd;
+    eng_feature_source(&fs, &fd, feats, s->labels, PIPE_N, F, PIPE_CLASSES);
+    CHECK(eng_train_natural(head, &fs, &s->topts, &log));
+    const double t2 = now_ms();
+    if (it >= s->o->warmup) {
+        s->feat_ms[it - s->o->warmup] = t1 - t0;
+        s->head_ms[it - s->o->warmup] = t2 - t1;
+    }
+    record_log(s, &log);
+out:
+    eng_train_log_cleanup(&log);
+    eng_model_free(head);
+    free(feats);
+    return rc;
+}
+
+/* One epoch of Learning without Forgetting; the target keeps training from step to step. */
+static int lwf_step(void *p, int it)
+{
+    int rc = 0;
+    pipe_state *s = p;
+    eng_train_log log = {0};
+    (void)it;
+    /* warm_start 0: every step trains all weights but batch norm's (the job default, 0.5, would
+     * train only the classifier for the first half of the steps) */
+    CHECK(eng_train_lwf(s->target, &s->src, s->z0, &s->topts, LWF_LAMBDA, false, 0.0f, &log));
+    record_log(s, &log);
+out:
+    eng_train_log_cleanup(&log);
+    return rc;
+}
+
+static int run_pipe_case(const struct pipe_case *pc, const bench_opts *o)
+{
+    int rc = 0;
+    pipe_state s = {.o = o};
+    float *x = NULL, *z0 = NULL;
+    int32_t *labels = NULL;
+    int64_t F = 0;
+    timing t;
+    host_images hi;
+
+    CHECK(eng_ctx_new(&s.ctx, &(eng_ctx_opts){.device = "cpu", .threads = o->threads, .conv = o->conv}));
+    const eng_model_spec spec = {.arch = "smallcnn", .num_classes = PIPE_CLASSES, .mean = {0.1307f}, .std = {0.3081f}};
+    CHECK(eng_model_new(s.ctx, &spec, &s.m));
+    CHECK(eng_model_init(s.m, 42));
+    const int64_t per = 28 * 28;
+    x = malloc((size_t)PIPE_N * (size_t)per * sizeof *x);
+    labels = malloc((size_t)PIPE_N * sizeof *labels);
+    if (!x || !labels) {
+        fprintf(stderr, "bench_rtaas: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    fill_uniform(x, PIPE_N * per, 1, 0.0f, 1.0f);
+    for (int64_t i = 0; i < PIPE_N; i++)
+        labels[i] = (int32_t)(eng_hash64(2, (uint64_t)i) % PIPE_CLASSES);
+    hi = (host_images){.x = x, .labels = labels, .per = per};
+    s.src = (eng_source){.n = PIPE_N, .num_classes = PIPE_CLASSES, .c = 1, .h = 28, .w = 28, .user = &hi,
+                         .batch = host_batch};
+    s.labels = labels;
+    eng_train_defaults(&s.topts); /* batch 128, momentum 0.9, weight decay 5e-4, no schedule */
+    s.topts.seed = 1;
+    step_fn step;
+    if (pc->kind == PIPE_LINEAR) {
+        s.topts.epochs = LINEAR_EPOCHS;
+        s.topts.lr = 0.1f;
+        step = linear_step;
+    } else {
+        /* untimed: the source model's features, then the target: the source's weights with a
+         * fresh classifier, as engine/job.c builds it */
+        CHECK(eng_extract_features(s.m, &s.src, FEATURE_BATCH, NULL, NULL, &z0, &F));
+        s.z0 = z0;
+        CHECK(eng_model_new(s.ctx, &spec, &s.target));
+        CHECK(eng_model_init(s.target, 42));
+        CHECK(eng_model_init_prefix(s.target, 43, "fc."));
+        s.topts.epochs = 1;
+        s.topts.lr = 0.01f;
+        step = lwf_step;
+    }
+
+    if (time_steps(o, pc->name, step, &s, &t) != 0) {
+        rc = 1;
+        goto out;
+    }
+
+    const char *sanity = "ok";
+    if (!isfinite(s.loss_first) || !isfinite(s.loss_last))
+        sanity = "BAD-loss";
+    else if (pc->kind == PIPE_LINEAR && !(s.loss_last < s.loss_first))
+        sanity = "BAD-loss-did-not-fall";
+    char extra[256];
+    if (pc->kind == PIPE_LINEAR) {
+        const int n = t.timed;
+        snprintf(extra, sizeof extra,
+                 "features_ms=%.2f head_ms=%.2f epochs=%d loss_epoch1=%.4f loss_last=%.4f acc_last=%.4f",
+                 n ? median(s.feat_ms, n) : NAN, n ? median(s.head_ms, n) : NAN, LINEAR_EPOCHS, s.loss_first,
+                 s.loss_last, s.acc_last);
+    } else {
+        snprintf(extra, sizeof extra, "lambda=%g loss=%.4f acc=%.4f", (double)LWF_LAMBDA, s.loss_last, s.acc_last);
+    }
+    print_result(pc->name, s.ctx, &t, extra, sanity);
+    if (strncmp(sanity, "BAD", 3) == 0)
+        rc = 1;
+out:
+    free(x);
+    free(z0);
+    free(labels);
+    eng_model_free(s.target);
+    eng_model_free(s.m);
+    eng_ctx_free(s.ctx);
+    return rc;
+}
+
 /* ---- ResNet-50's convolutions, one at a time ---- */
 
 typedef struct conv_shape {
@@ -393,6 +775,9 @@ static void usage(void)
             "  --budget-s: stop timing after S seconds once %d iterations are done\n"
             "  --verbose:  every step's time on stderr\n"
             "CASE: resnet50_fwd_b8 resnet50_pgd_step_b8 resnet20_train_b128 smallcnn_train_b128\n"
+            "      resnet20_pgd20_b128 resnet50_pgd20_b8 (a whole PGD-20 attack per step)\n"
+            "      smallcnn_linear_pipeline (features of 10000 images + 10 epochs of a linear head)\n"
+            "      smallcnn_lwf_epoch (one LwF epoch over 10000 images)\n"
             "      conv_table (ResNet-50 convolutions at batch 8, oneDNN against im2col+GEMM)\n",
             MIN_ITERS);
 }
@@ -441,6 +826,12 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
         if (strcmp(name, CASES[i].name) == 0)
             return run_model_case(&CASES[i], &o);
+    for (size_t i = 0; i < sizeof ATTACK_CASES / sizeof ATTACK_CASES[0]; i++)
+        if (strcmp(name, ATTACK_CASES[i].name) == 0)
+            return run_attack_case(&ATTACK_CASES[i], &o);
+    for (size_t i = 0; i < sizeof PIPE_CASES / sizeof PIPE_CASES[0]; i++)
+        if (strcmp(name, PIPE_CASES[i].name) == 0)
+            return run_pipe_case(&PIPE_CASES[i], &o);
     usage();
     return 2;
 }
