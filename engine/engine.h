@@ -18,6 +18,8 @@
 #include "data.h"
 #include "safetensors.h"
 #include "weights.h"
+#include "ptload.h"
+#include "ptimport.h"
 #include "gradmap.h"
 #include "png.h"
 

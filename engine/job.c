@@ -993,6 +993,15 @@ static eng_status load_source(eng_ctx *ctx, eng_job *j, eng_model **out, eng_loa
         sp.head.bn = hb && strcmp(hb, "1") == 0;
         sp.head.dropout = hd ? (float)atof(hd) : 0;
     }
+    /* An imported checkpoint that stored no normaliser (rtaas import): guessing one is the
+     * classic way robust evaluations go wrong, so the spec must say. */
+    const char *norm = eng_st_meta(f, "normalization");
+    if (j->n_mean == 0 && norm && strcmp(norm, "missing") == 0) {
+        eng_st_close(f);
+        return eng_fail(ENG_ERR_ARG, "backbone: %s was imported without input normalisation; give backbone.mean and "
+                        "backbone.std (torchvision ImageNet: [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])",
+                        j->weights);
+    }
     if (j->n_mean == 0) {
         const char *m = eng_st_meta(f, "mean"), *sd = eng_st_meta(f, "std");
         for (int i = 0; m && sd && *m && i < ENG_MAX_CHANNELS; i++) {

@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_error[512];
 
@@ -24,9 +25,12 @@ void eng_clear_error(void) { last_error[0] = '\0'; }
 
 eng_status eng_fail(eng_status s, const char *fmt, ...)
 {
+    /* Formatted apart first: callers wrap the previous detail, eng_fail(s, "x: %s", eng_last_error()). */
+    char buf[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(last_error, buf, sizeof buf);
     return s;
 }

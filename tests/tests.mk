@@ -23,8 +23,11 @@ FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover
 FUZZ_ENGINE  := engine/status.c engine/tensor.c
 FUZZ_DEPS_fuzz_safetensors := engine/safetensors.c
 FUZZ_DEPS_fuzz_png_decode  := engine/png.c
+FUZZ_DEPS_fuzz_pickle      := engine/pt_pickle.c
+FUZZ_DEPS_fuzz_ptzip       := engine/pt_zip.c engine/pt_pickle.c engine/ptload.c engine/pt_layout.c engine/safetensors.c
 # Libraries a target links beyond jansson and libm, in FUZZ_LIBS_<name>.
 FUZZ_LIBS_fuzz_png_decode  := -lpng -lz
+FUZZ_LIBS_fuzz_ptzip       := -lz
 # The dataset readers: every fuzz_data_* target links all of engine/data*.c.
 FUZZ_DATA_SRC  := $(wildcard engine/data*.c) engine/png.c
 FUZZ_DATA_LIBS := -larchive -ljpeg -lpng -lz
@@ -56,3 +59,10 @@ $(B)/tests/attack_check: tests/parity/attack_check.c tests/t.h $(B)/librtengine.
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
 tests: $(B)/tests/attack_check
+
+# PyTorch checkpoint import checker: tests/suites/pt_import.sh runs it on the checkpoints that
+# tests/parity/gen_pt.py writes. Not named test_*, so tests/run never calls it bare.
+$(B)/tests/pt_check: tests/parity/pt_check.c tests/t.h $(B)/librtengine.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XCFLAGS) -Itests -o $@ $< $(TEST_LIBS)
+tests: $(B)/tests/pt_check
