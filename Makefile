@@ -36,8 +36,13 @@ ifneq ($(and $(NVCC),$(HAVE_CUDNN),$(wildcard engine/cuda/*.cu)),)
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
-SERVER_SRC := $(wildcard server/*.c)
-SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o)
+# The service: server/ (plumbing) and api/ (handlers), with the migrations and the dashboard
+# compiled in (tools/embed), on libmicrohttpd, libpq and OpenSSL.
+SERVER_SRC := $(wildcard server/*.c api/*.c)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(B)/%.o) $(B)/embed.o
+SERVER_CFLAGS := -Iserver -Iapi -I$(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+SERVER_LIBS := -lmicrohttpd -lpq -lcrypto
+EMBED_FILES := $(sort $(wildcard migrations/*.sql)) -- $(sort $(wildcard static/*))
 
 .PHONY: all deps test fuzz bench demo clean
 all: $(B)/librtengine.a $(B)/librtengine.so $(B)/rtaas
@@ -57,8 +62,19 @@ $(B)/librtengine.a: $(ENGINE_OBJ) $(CUDA_OBJ)
 $(B)/librtengine.so: $(ENGINE_OBJ) $(CUDA_OBJ)
 	$(CC) $(CFLAGS) -shared -fopenmp -o $@ $^ $(LDLIBS)
 
+$(SERVER_SRC:%.c=$(B)/%.o): $(B)/%.o: %.c $(wildcard engine/*.h server/*.h api/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XCFLAGS) $(SERVER_CFLAGS) -c $< -o $@
+
+$(B)/embed.c: tools/embed $(filter-out --,$(EMBED_FILES))
+	@mkdir -p $(B)
+	tools/embed $@ $(EMBED_FILES)
+
+$(B)/embed.o: $(B)/embed.c server/embed.h
+	$(CC) $(CFLAGS) $(XCFLAGS) -Iserver -c $< -o $@
+
 $(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
-	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS) $(SERVER_LIBS)
 
 include tests/tests.mk
 include bench/bench.mk

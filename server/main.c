@@ -8,6 +8,8 @@
 
 #include "engine.h"
 #include "job.h"
+#include "service.h"
+#include "cmds.h"
 
 static int usage(FILE *f)
 {
@@ -17,6 +19,12 @@ static int usage(FILE *f)
             "                   run one job (a transfer or a source training) without a server:\n"
             "                   progress on stderr, the report JSON on stdout, artifacts in DIR\n"
             "                   (default: ./rtaas-out); a checkpoint left in DIR is resumed\n"
+            "  import MODEL.pt --out FILE [--mean a,b,c --std a,b,c]  PyTorch checkpoint to a backbone\n"
+            "  serve            the REST API and a worker per device (RTAAS_* variables; see README)\n"
+            "  worker           workers only, for GPU hosts that share the database\n"
+            "  apikey create --tenant NAME\n"
+            "                   make an API key for a tenant (printed once)\n"
+            "  routes           list the API's routes\n"
             "  version          print the version\n"
             "  info             backends, devices and threads this build can use\n");
     return f == stderr ? 2 : 0;
@@ -158,6 +166,16 @@ int main(int argc, char **argv)
         return cmd_info();
     if (!strcmp(argv[1], "run"))
         return cmd_run(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "import"))
+        return cmd_import(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "serve"))
+        return cmd_serve(argc - 2, argv + 2, true, true);
+    if (!strcmp(argv[1], "worker"))
+        return cmd_serve(argc - 2, argv + 2, false, true);
+    if (!strcmp(argv[1], "apikey"))
+        return cmd_apikey(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "routes"))
+        return cmd_routes();
     if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
         return usage(stdout);
     fprintf(stderr, "rtaas: unknown command '%s'\n", argv[1]);
