@@ -83,41 +83,21 @@ static db_rc train_tx(db_conn *c, void *user)
 
 static void get_one(rt_req *r, rt_resp *o, const char *id, int status)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[2] = {r->tenant_id_s, id};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_BB_GET, 2, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_BB_GET, 2, p, &rc);
+    if (!res)
+        return;
     reply_row(o, status, res, rc, "backbone");
 }
 
 /* A JSON body: train a source backbone (natural or free adversarial training) on a dataset. */
 static void train(rt_req *r, rt_resp *o)
 {
-    json_t *body = req_json(r, o);
-    if (!body)
-        return;
-    json_t *name = json_object_get(body, "name");
-    if (name && !json_is_string(name)) {
-        json_decref(body);
-        reply_error(o, 400, "invalid_field", "name", "must be a string");
-        return;
-    }
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        json_decref(body);
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
-    json_t *spec = spec_check(r->app, c, r->tenant_id_s, "backbone", body, o);
-    db_put(r->app->db, c);
-    json_decref(body);
+    json_t *spec = checked_spec(r, o, "backbone");
     if (!spec)
         return;
+    json_t *name = json_object_get(spec, "name");
     create_args a = {.r = r, .train_spec = spec};
     a.arch = json_string_value(json_object_get(spec, "arch"));
     a.name = name ? json_string_value(json_object_get(spec, "name")) : a.arch;
@@ -375,15 +355,11 @@ done:
 
 void h_backbone_list(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[1] = {r->tenant_id_s};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_BB_LIST, 1, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_BB_LIST, 1, p, &rc);
+    if (!res)
+        return;
     reply_rows(o, res, rc, "backbones");
 }
 
@@ -393,15 +369,11 @@ void h_backbone_delete(rt_req *r, rt_resp *o) { delete_resource(r, o, Q_BB_IN_US
 
 void h_backbone_weights(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[2] = {r->tenant_id_s, r->params[0]};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_BB_RESOLVE, 2, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_BB_RESOLVE, 2, p, &rc);
+    if (!res)
+        return;
     char sha[65] = "";
     if (rc != DB_OK)
         reply_db(o, rc);

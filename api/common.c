@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "spec.h"
 
 void reply_row(rt_resp *o, int status, PGresult *res, db_rc rc, const char *what)
 {
@@ -67,15 +68,11 @@ db_rc job_insert(db_conn *c, rt_req *r, const char *id, const char *kind, json_t
 
 void reply_artifact(rt_req *r, rt_resp *o, const char *name, const char *ctype, const char *filename)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[3] = {r->tenant_id_s, r->params[0], name};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_ARTIFACT_GET, 3, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_ARTIFACT_GET, 3, p, &rc);
+    if (!res)
+        return;
     char sha[65] = "";
     if (rc != DB_OK) {
         reply_db(o, rc);
@@ -98,4 +95,33 @@ void reply_artifact(rt_req *r, rt_resp *o, const char *name, const char *ctype, 
         return;
     }
     reply_file(o, path, ctype, filename);
+}
+
+PGresult *api_query(rt_req *r, rt_resp *o, rt_sql_id q, int n, const char *const *params, db_rc *rc)
+{
+    db_conn *c = db_get(r->app->db);
+    if (!c) {
+        reply_db(o, DB_UNAVAILABLE);
+        return NULL;
+    }
+    PGresult *res = db_exec(c, q, n, params, rc);
+    db_put(r->app->db, c);
+    return res;
+}
+
+json_t *checked_spec(rt_req *r, rt_resp *o, const char *kind)
+{
+    json_t *body = req_json(r, o);
+    if (!body)
+        return NULL;
+    db_conn *c = db_get(r->app->db);
+    if (!c) {
+        json_decref(body);
+        reply_db(o, DB_UNAVAILABLE);
+        return NULL;
+    }
+    json_t *spec = spec_check(r->app, c, r->tenant_id_s, kind, body, o);
+    db_put(r->app->db, c);
+    json_decref(body);
+    return spec;
 }

@@ -159,29 +159,21 @@ void h_dataset_create(rt_req *r, rt_resp *o)
 
 void h_dataset_list(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[1] = {r->tenant_id_s};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_DS_LIST, 1, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_DS_LIST, 1, p, &rc);
+    if (!res)
+        return;
     reply_rows(o, res, rc, "datasets");
 }
 
 void h_dataset_get(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[2] = {r->tenant_id_s, r->params[0]};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_DS_GET, 2, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_DS_GET, 2, p, &rc);
+    if (!res)
+        return;
     reply_row(o, 200, res, rc, "dataset");
 }
 

@@ -19,18 +19,7 @@ static db_rc create_tx(db_conn *c, void *user)
 
 void h_transfer_create(rt_req *r, rt_resp *o)
 {
-    json_t *body = req_json(r, o);
-    if (!body)
-        return;
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        json_decref(body);
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
-    json_t *spec = spec_check(r->app, c, r->tenant_id_s, "transfer", body, o);
-    db_put(r->app->db, c);
-    json_decref(body);
+    json_t *spec = checked_spec(r, o, "transfer");
     if (!spec)
         return;
     create_args a = {.r = r, .spec = spec};
@@ -62,29 +51,21 @@ void h_transfer_list(rt_req *r, rt_resp *o)
         reply_error(o, 400, "invalid_field", "kind", "must be transfer, backbone or all");
         return;
     }
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[3] = {r->tenant_id_s, status, kind};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_JOB_LIST, 3, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_JOB_LIST, 3, p, &rc);
+    if (!res)
+        return;
     reply_rows(o, res, rc, "transfers");
 }
 
 void h_transfer_get(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[2] = {r->tenant_id_s, r->params[0]};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_JOB_GET, 2, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_JOB_GET, 2, p, &rc);
+    if (!res)
+        return;
     reply_row(o, 200, res, rc, "job");
 }
 
@@ -119,15 +100,11 @@ void h_transfer_cancel(rt_req *r, rt_resp *o)
 
 void h_transfer_report(rt_req *r, rt_resp *o)
 {
-    db_conn *c = db_get(r->app->db);
-    if (!c) {
-        reply_db(o, DB_UNAVAILABLE);
-        return;
-    }
     const char *p[2] = {r->tenant_id_s, r->params[0]};
     db_rc rc;
-    PGresult *res = db_exec(c, Q_JOB_REPORT, 2, p, &rc);
-    db_put(r->app->db, c);
+    PGresult *res = api_query(r, o, Q_JOB_REPORT, 2, p, &rc);
+    if (!res)
+        return;
     if (rc != DB_OK)
         reply_db(o, rc);
     else if (PQntuples(res) != 1)
