@@ -22,5 +22,8 @@ const rt_route rt_routes[] = {
     {"GET", "/v1/transfers/{id}/report", h_transfer_report, R_AUTH},
     {"GET", "/v1/transfers/{id}/gradients", h_transfer_gradients, R_AUTH},
     {"GET", "/v1/transfers/{id}/head", h_transfer_head, R_AUTH},
+    {"POST", "/v1/transfers/{id}/links", h_link_create, R_AUTH},
+    /* no key: the token is the credential (links.c checks its signature and expiry) */
+    {"GET", "/v1/links/{token}", h_link_get, 0},
     {0, 0, 0, 0},
 };

@@ -13,6 +13,7 @@
 
 struct db {
     char *conninfo;
+    char *password; /* NULL: the connection string's own (or libpq's defaults) */
     int size;
     db_conn *conns;
     bool *busy;
@@ -32,16 +33,17 @@ static void set_error(const char *msg)
         last_error[--n] = 0;
 }
 
-db *db_open(const char *conninfo, int size)
+db *db_open(const char *conninfo, const char *password, int size)
 {
     db *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
     d->conninfo = strdup(conninfo);
+    d->password = password && *password ? strdup(password) : NULL;
     d->size = size;
     d->conns = calloc((size_t)size, sizeof *d->conns);
     d->busy = calloc((size_t)size, sizeof *d->busy);
-    if (!d->conninfo || !d->conns || !d->busy) {
+    if (!d->conninfo || !d->conns || !d->busy || (password && *password && !d->password)) {
         db_close(d);
         return NULL;
     }
@@ -64,10 +66,24 @@ void db_close(db *d)
     free(d->conns);
     free(d->busy);
     free(d->conninfo);
+    if (d->password) {
+        memset(d->password, 0, strlen(d->password));
+        free(d->password);
+    }
     free(d);
 }
 
-const char *db_conninfo(const db *d) { return d->conninfo; }
+PGconn *db_connect(const db *d)
+{
+    if (!d->password)
+        return PQconnectdb(d->conninfo);
+    /* the connection string is expanded where "dbname" stands, and a keyword after it wins: the
+     * password from its file overrides one the URL may carry, and never passes through the
+     * environment (PGPASSWORD would reach every child process) */
+    const char *const keys[] = {"dbname", "password", NULL};
+    const char *const vals[] = {d->conninfo, d->password, NULL};
+    return PQconnectdbParams(keys, vals, 1);
+}
 
 /* Server notices ("already exists, skipping") are not worth a log line. */
 static void quiet(void *arg, const char *message)
@@ -82,7 +98,7 @@ static bool conn_open(db *d, db_conn *c)
         return true;
     if (c->pg)
         PQfinish(c->pg);
-    c->pg = PQconnectdb(d->conninfo);
+    c->pg = db_connect(d);
     c->broken = false;
     if (PQstatus(c->pg) != CONNECTION_OK) {
         set_error(PQerrorMessage(c->pg));
@@ -246,7 +262,7 @@ db_rc db_tx(db *d, db_rc (*fn)(db_conn *c, void *user), void *user)
  * that need the tables. */
 int db_migrate(db *d, char *err, size_t n)
 {
-    PGconn *pg = PQconnectdb(d->conninfo);
+    PGconn *pg = db_connect(d);
     if (PQstatus(pg) != CONNECTION_OK) {
         snprintf(err, n, "connecting: %s", PQerrorMessage(pg));
         PQfinish(pg);

@@ -29,10 +29,13 @@ typedef enum {
     DB_FAILED,      /* anything else: a bug, 500 */
 } db_rc;
 
-/* Opens a pool of `size` connections to `conninfo` (connected lazily, reconnected when broken). */
-db *db_open(const char *conninfo, int size);
+/* Opens a pool of `size` connections to `conninfo` (connected lazily, reconnected when broken).
+ * password (copied; NULL or "" for none) overrides any password conninfo carries. */
+db *db_open(const char *conninfo, const char *password, int size);
 void db_close(db *d);
-const char *db_conninfo(const db *d);
+/* A new connection outside the pool, with the pool's conninfo and password; PQfinish it (check
+ * PQstatus: libpq returns a connection object even when connecting failed). */
+PGconn *db_connect(const db *d);
 
 /* A connection from the pool, waiting for a free one; NULL (and DB_UNAVAILABLE) when the server
  * cannot be reached. Give it back with db_put. */

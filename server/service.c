@@ -30,12 +30,14 @@ static int open_db(rt_app *app, bool *private_started)
         fprintf(stderr, "rtaas: %s\n", err);
         return -1;
     }
-    app->db = db_open(conninfo, app->cfg.db_pool);
-    /* the database may still be starting (compose): retry for a minute */
+    app->db = db_open(conninfo, app->cfg.database_password, app->cfg.db_pool);
+    /* the database may still be starting (compose): retry for a minute; a refused password
+     * will not get better */
     for (int i = 0;; i++) {
         if (db_migrate(app->db, err, sizeof err) == 0)
             return 0;
-        if (i >= 60 || strstr(err, "edited") || strstr(err, "does not know") || !strncmp(err, "migration", 9)) {
+        if (i >= 60 || strstr(err, "edited") || strstr(err, "does not know") || !strncmp(err, "migration", 9) ||
+            strstr(err, "password authentication failed") || strstr(err, "no password supplied")) {
             rlog(LOG_ERROR, "migrations", json_pack("{s:s}", "error", err));
             fprintf(stderr, "rtaas: %s\n", err);
             return -1;
@@ -67,9 +69,45 @@ static int make_dirs(rt_app *app)
     return 0;
 }
 
+static void serve_usage(FILE *f, bool http)
+{
+    if (http)
+        fprintf(f, "usage: rtaas serve [--no-workers]\n"
+                   "  the REST API on RTAAS_LISTEN and a worker per RTAAS_DEVICES entry;\n"
+                   "  --no-workers: the API only (as RTAAS_DEVICES empty)\n");
+    else
+        fprintf(f, "usage: rtaas worker\n"
+                   "  a worker per RTAAS_DEVICES entry (cuda:0,cuda:1 or cpu), no API\n");
+}
+
+/* A random signing key when none is configured: the links this process signs die with it, and
+ * API nodes behind one load balancer each refuse the others' links. */
+static int random_signing_key(rt_config *c)
+{
+    if (RAND_bytes(c->signing_key, 32) != 1)
+        return -1;
+    c->signing_key_len = 32;
+    rlog(LOG_WARN, "signing_key",
+         json_pack("{s:s}", "message",
+                   "no RTAAS_SIGNING_KEY(_FILE): download links are signed with a random key and stop working "
+                   "when this process restarts (and on other API nodes)"));
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv, bool http, bool workers)
 {
-    (void)argc, (void)argv;
+    for (int i = 0; i < argc; i++) {
+        if (http && !strcmp(argv[i], "--no-workers")) {
+            workers = false;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            serve_usage(stdout, http);
+            return 0;
+        } else {
+            fprintf(stderr, "rtaas %s: unknown argument '%s'\n", http ? "serve" : "worker", argv[i]);
+            serve_usage(stderr, http);
+            return 2;
+        }
+    }
     rt_app app = {0};
     char err[512];
     if (config_load(&app.cfg, err, sizeof err)) {
@@ -78,6 +116,10 @@ int cmd_serve(int argc, char **argv, bool http, bool workers)
     }
     if (!workers)
         app.cfg.devices[0] = 0;
+    if (http && !app.cfg.signing_key_len && random_signing_key(&app.cfg)) {
+        fprintf(stderr, "rtaas: no randomness for a signing key\n");
+        return 1;
+    }
     if (!http && !app.cfg.devices[0]) {
         fprintf(stderr, "rtaas worker: RTAAS_DEVICES is empty: nothing to run jobs on\n");
         return 2;

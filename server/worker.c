@@ -435,7 +435,7 @@ static void run_job(worker *w, PGresult *claim)
 /* A connection of its own that LISTENs for new jobs; NULL while the database is away. */
 static PGconn *listen_conn(rt_app *app)
 {
-    PGconn *pg = PQconnectdb(db_conninfo(app->db));
+    PGconn *pg = db_connect(app->db);
     if (PQstatus(pg) != CONNECTION_OK) {
         PQfinish(pg);
         return NULL;

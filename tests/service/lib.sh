@@ -11,7 +11,8 @@
 #   svc_finish                # stops the server (checked), prints the tally, sets the exit status
 #
 # Variables the suites read: SVC_TMP (scratch, removed at exit), SVC_URL, RTAAS (the binary),
-# STATUS, BODY, HEADERS (after req), KEY (the bearer key req sends; empty: none), PY.
+# STATUS, BODY, HEADERS (after req), KEY (the bearer key req sends; empty: none), PY; and
+# SVC_SERVE_ARGS (words after `rtaas serve`, e.g. --no-workers), which they may set.
 # RTAAS_SVC_KEEP=1 keeps the scratch dir; the server log is always copied to
 # $RTAAS_TEST_OUT/<suite>.server.log.
 
@@ -246,12 +247,13 @@ svc_init() {
   : >"$SVC_TMP/server.log"
 }
 
-# svc_start [TIMEOUT]: starts `rtaas serve` in the background and waits for /readyz (200);
+# svc_start [TIMEOUT]: starts `rtaas serve $SVC_SERVE_ARGS` in the background and waits for /readyz (200);
 # a failure to start is a failed check and ends the suite.
 svc_start() {
   local t=${1:-60} end
   echo "=== rtaas serve (start at $(date +%T))" >>"$SVC_TMP/server.log"
-  "$RTAAS" serve >>"$SVC_TMP/server.log" 2>&1 &
+  # shellcheck disable=SC2086 # SVC_SERVE_ARGS: words such as --no-workers
+  "$RTAAS" serve ${SVC_SERVE_ARGS:-} >>"$SVC_TMP/server.log" 2>&1 &
   SVC_PID=$!
   end=$((SECONDS + t))
   while :; do

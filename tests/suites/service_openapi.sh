@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # api/openapi.yaml is the contract: it parses (Debian's python3-yaml), is OpenAPI 3.1, every
-# operation has responses, every /v1 operation needs the bearer key and lists 401, every $ref
-# resolves; and the routes `rtaas routes` prints are exactly the file's, compared both ways.
+# operation has responses, every /v1 operation needs the bearer key and lists 401 (but the signed
+# download link, which states `security: []` and lists 403), every $ref resolves; and the routes `rtaas routes` prints are exactly the file's, compared both ways.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 B=${B:-build}
@@ -92,6 +92,10 @@ err = doc.get("components", {}).get("schemas", {}).get("Error", {})
 e_props = err.get("properties", {}).get("error", {}).get("properties", {})
 check({"code", "message", "field"} <= set(e_props), 'Error schema is {"error": {"code", "message", "field"}}', e_props)
 
+# /v1 routes without a key: the token in the path is the credential. Each must say so itself
+# (`security: []` on the operation) and list 403 for a bad or expired token.
+PUBLIC_V1 = {("GET", "/v1/links/{token}")}
+
 problems = []
 for (m, p), (item, op) in sorted(ops.items(), key=lambda x: (x[0][1], x[0][0])):
     where = f"{m} {p}"
@@ -103,7 +107,12 @@ for (m, p), (item, op) in sorted(ops.items(), key=lambda x: (x[0][1], x[0][0])):
         problems.append(f"{where}: no 2xx response")
     sec = op.get("security", global_sec)
     needs_key = any("bearerAuth" in s for s in (sec or []))
-    if p.startswith("/v1/"):
+    if (m, p) in PUBLIC_V1:
+        if op.get("security") != []:
+            problems.append(f"{where}: a public /v1 route must state security: []")
+        if "403" not in {str(c) for c in responses}:
+            problems.append(f"{where}: no 403 response")
+    elif p.startswith("/v1/"):
         if not needs_key:
             problems.append(f"{where}: a /v1 route without bearerAuth")
         if "401" not in {str(c) for c in responses}:
@@ -126,7 +135,7 @@ for (m, p), (item, op) in sorted(ops.items(), key=lambda x: (x[0][1], x[0][0])):
         problems.append(f"{where}: path parameters {sorted(in_path)} but declared {sorted(declared)}")
     if "requestBody" in op and not (resolve(op["requestBody"]).get("content")):
         problems.append(f"{where}: a requestBody without content")
-check(not problems, f"every operation ({len(ops)}) has a 2xx, /v1 ones bearerAuth and 401, errors as Error, path parameters declared",
+check(not problems, f"every operation ({len(ops)}) has a 2xx, /v1 ones bearerAuth and 401 (links: security [] and 403), errors as Error, path parameters declared",
       "\n".join(problems))
 
 want = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/datasets"), ("POST", "/v1/datasets"),
@@ -134,7 +143,8 @@ want = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/
         ("GET", "/v1/backbones/{id}"), ("DELETE", "/v1/backbones/{id}"), ("GET", "/v1/backbones/{id}/weights"),
         ("GET", "/v1/transfers"), ("POST", "/v1/transfers"), ("GET", "/v1/transfers/{id}"),
         ("POST", "/v1/transfers/{id}/cancel"), ("GET", "/v1/transfers/{id}/report"),
-        ("GET", "/v1/transfers/{id}/gradients"), ("GET", "/v1/transfers/{id}/head")}
+        ("GET", "/v1/transfers/{id}/gradients"), ("GET", "/v1/transfers/{id}/head"),
+        ("POST", "/v1/transfers/{id}/links"), ("GET", "/v1/links/{token}")}
 check(set(ops) >= want, "the file has every route of the README", "missing: " + ", ".join(f"{m} {p}" for m, p in sorted(want - set(ops))))
 
 def norm(p):  # parameter names may differ; their places may not
