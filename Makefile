@@ -44,7 +44,7 @@ SERVER_CFLAGS := -Iserver -Iapi -I$(shell pg_config --includedir 2>/dev/null || 
 SERVER_LIBS := -lmicrohttpd -lpq -lcrypto
 EMBED_FILES := $(sort $(wildcard migrations/*.sql)) -- $(sort $(wildcard static/*))
 
-.PHONY: all deps test fuzz bench demo clean
+.PHONY: all deps test demo clean
 all: $(B)/librtengine.a $(B)/librtengine.so $(B)/rtaas
 
 $(B)/%.o: %.c $(wildcard engine/*.h engine/cpu/*.h)
@@ -76,9 +76,15 @@ $(B)/embed.o: $(B)/embed.c server/embed.h
 $(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
 	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS) $(SERVER_LIBS)
 
+# The rest of the targets live beside what they build; the rules (recipes) are in:
+#   tests/tests.mk       fuzz, fuzz-build (and the test binaries)
+#   bench/bench.mk       bench, bench-service
+#   engine/cuda/cuda.mk  test-gpu, cuda-check, cuda-emu
 include tests/tests.mk
 include bench/bench.mk
--include engine/cuda/cuda.mk
+include engine/cuda/cuda.mk
+.PHONY: fuzz bench bench-service test-gpu cuda-check cuda-emu
+fuzz bench bench-service test-gpu cuda-check cuda-emu:
 
 deps:
 	@tools/deps
