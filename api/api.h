@@ -51,6 +51,8 @@ json_t *checked_spec(rt_req *r, rt_resp *o, const char *kind);
 db_rc job_insert(db_conn *c, rt_req *r, const char *id, const char *kind, json_t *spec);
 /* Sends an artifact (a blob) of a job: 404 unknown job, 409 not succeeded, 404 no such artifact. */
 void reply_artifact(rt_req *r, rt_resp *o, const char *name, const char *ctype, const char *filename);
+/* Sends a stored blob (fetched into the local cache) as a download. */
+void reply_blob(rt_req *r, rt_resp *o, const char *sha, const char *ctype, const char *filename);
 /* DELETE of a dataset or backbone: 409 while a queued or running job uses it. */
 void delete_resource(rt_req *r, rt_resp *o, rt_sql_id in_use, rt_sql_id del, const char *what);
 

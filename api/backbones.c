@@ -386,12 +386,7 @@ void h_backbone_weights(rt_req *r, rt_resp *o)
     PQclear(res);
     if (!sha[0])
         return;
-    char path[PATH_MAX];
-    if (blob_fetch(r->app->db, sha, r->app->cache_dir, path, sizeof path, &rc)) {
-        reply_db(o, rc == DB_OK ? DB_FAILED : rc);
-        return;
-    }
     char file[200];
     snprintf(file, sizeof file, "%s.safetensors", r->params[0]);
-    reply_file(o, path, "application/octet-stream", file);
+    reply_blob(r, o, sha, "application/octet-stream", file);
 }

@@ -87,9 +87,14 @@ void reply_artifact(rt_req *r, rt_resp *o, const char *name, const char *ctype, 
         snprintf(sha, sizeof sha, "%s", PQgetvalue(res, 0, 1));
     }
     PQclear(res);
-    if (!sha[0])
-        return;
+    if (sha[0])
+        reply_blob(r, o, sha, ctype, filename);
+}
+
+void reply_blob(rt_req *r, rt_resp *o, const char *sha, const char *ctype, const char *filename)
+{
     char path[PATH_MAX];
+    db_rc rc;
     if (blob_fetch(r->app->db, sha, r->app->cache_dir, path, sizeof path, &rc)) {
         reply_db(o, rc == DB_OK ? DB_FAILED : rc);
         return;

@@ -3,6 +3,8 @@
  * behind a pointer that never changes, so nothing the error path reads can be clobbered. */
 #include "png.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 /* Named through its versioned directory: with -Iengine, <png.h> would find engine/png.h. */
@@ -153,20 +155,6 @@ out:
 
 /* ---- write a file ---- */
 
-static eng_status write_all(int fd, const uint8_t *p, size_t n, const char *path)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return eng_fail(ENG_ERR_IO, "png: write '%.300s': %s", path, k < 0 ? strerror(errno) : "no progress");
-        p += k;
-        n -= (size_t)k;
-    }
-    return ENG_OK;
-}
-
 eng_status eng_png_write(const char *path, const uint8_t *pix, int w, int h, int channels)
 {
     if (!path || !*path)
@@ -177,63 +165,8 @@ eng_status eng_png_write(const char *path, const uint8_t *pix, int w, int h, int
     if (s != ENG_OK)
         return s;
 
-    /* The temporary sits next to the target so that rename() is atomic (same file system). */
-    int fd = -1;
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + sizeof ".tmp.XXXXXX");
-    if (!tmp) {
-        s = eng_fail(ENG_ERR_NOMEM, "png: write: out of memory");
-        goto out;
-    }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-    if ((fd = mkstemp(tmp)) < 0) {
-        s = eng_fail(ENG_ERR_IO, "png: write: cannot create a file next to '%.300s': %s", path, strerror(errno));
-        free(tmp);
-        tmp = NULL; /* nothing to unlink */
-        goto out;
-    }
-    /* mkstemp makes the file 0600; an image is meant to be read by others. */
-    if (fchmod(fd, 0644) != 0) {
-        s = eng_fail(ENG_ERR_IO, "png: write: chmod '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    if ((s = write_all(fd, buf, len, path)) != ENG_OK)
-        goto out;
-    if (fsync(fd) != 0) {
-        s = eng_fail(ENG_ERR_IO, "png: write: fsync '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        s = eng_fail(ENG_ERR_IO, "png: write: close '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        s = eng_fail(ENG_ERR_IO, "png: write: rename to '%.300s': %s", path, strerror(errno));
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    /* Makes the rename itself durable; a failure leaves a complete file, so it is not an error. */
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
-out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
+    eng_piece piece = {buf, len};
+    s = eng_write_file_atomic(path, &piece, 1, "png: write");
     free(buf);
     return s;
 }

@@ -2,6 +2,8 @@
  * the header is checked against the bytes that exist before anything is allocated or read. */
 #include "safetensors.h"
 
+#include "fileio.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -558,21 +560,6 @@ out:
 
 /* ---- writing ---- */
 
-static eng_status st_write_all(int fd, const void *buf, size_t len, const char *path)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return eng_fail(ENG_ERR_IO, "safetensors: writing '%.300s': %s", path, w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        len -= (size_t)w;
-    }
-    return ENG_OK;
-}
-
 /* Checks the items and builds the header object (keys in the caller's order, metadata first
  * as the reference writer does). The caller owns *out. */
 static eng_status st_build_header(const eng_st_item *items, int n, const char *const *meta_keys,
@@ -676,9 +663,9 @@ eng_status eng_st_write(const char *path, const eng_st_item *items, int n, const
 {
     eng_status s;
     json_t *root = NULL;
-    char *text = NULL, *tmp = NULL;
+    char *text = NULL;
     uint8_t *hdr = NULL;
-    int fd = -1;
+    eng_piece *pieces = NULL;
     if (!path || n < 0 || (n > 0 && !items) || n_meta < 0 || (n_meta > 0 && (!meta_keys || !meta_values)))
         return eng_fail(ENG_ERR_ARG, "safetensors: bad arguments to write");
     if ((s = st_build_header(items, n, meta_keys, meta_values, n_meta, &root)) != ENG_OK)
@@ -703,67 +690,23 @@ eng_status eng_st_write(const char *path, const eng_st_item *items, int n, const
     memcpy(hdr + 8, text, tlen);
     memset(hdr + 8 + tlen, ' ', hlen - tlen);
 
-    /* The temporary sits next to the target so that rename() is atomic (same file system). */
-    size_t plen = strlen(path);
-    if (!(tmp = malloc(plen + sizeof ".tmp.XXXXXX"))) {
+    pieces = malloc((size_t)(n + 1) * sizeof *pieces);
+    if (!pieces) {
         s = eng_fail(ENG_ERR_NOMEM, "safetensors: out of memory");
         goto out;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-    if ((fd = mkstemp(tmp)) < 0) {
-        s = eng_fail(ENG_ERR_IO, "safetensors: cannot create a file next to '%.300s': %s", path, strerror(errno));
-        free(tmp);
-        tmp = NULL; /* nothing to unlink */
-        goto out;
-    }
-    if (fchmod(fd, 0644) != 0) {
-        s = eng_fail(ENG_ERR_IO, "safetensors: chmod '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    if ((s = st_write_all(fd, hdr, 8 + hlen, path)) != ENG_OK)
-        goto out;
+    int np = 0;
+    pieces[np++] = (eng_piece){hdr, 8 + hlen};
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
         for (int d = 0; d < items[i].ndim; d++)
             numel *= items[i].dim[d];
-        if (numel > 0 && (s = st_write_all(fd, items[i].data, (size_t)numel * 4, path)) != ENG_OK)
-            goto out;
+        if (numel > 0)
+            pieces[np++] = (eng_piece){items[i].data, (size_t)numel * 4};
     }
-    if (fsync(fd) != 0) {
-        s = eng_fail(ENG_ERR_IO, "safetensors: fsync '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        s = eng_fail(ENG_ERR_IO, "safetensors: close '%.300s': %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        s = eng_fail(ENG_ERR_IO, "safetensors: rename to '%.300s': %s", path, strerror(errno));
-        goto out;
-    }
-    free(tmp);
-    tmp = NULL;
-    /* Make the rename itself durable; a failure here leaves a complete file, so it is not an error. */
-    char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (dir) {
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
+    s = eng_write_file_atomic(path, pieces, np, "safetensors: writing");
 out:
-    if (fd >= 0)
-        close(fd);
-    if (tmp) {
-        unlink(tmp);
-        free(tmp);
-    }
+    free(pieces);
     free(hdr);
     free(text);
     json_decref(root);

@@ -20,7 +20,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Iengine -std=gnu11
-FUZZ_ENGINE  := engine/status.c engine/tensor.c
+FUZZ_ENGINE  := engine/status.c engine/tensor.c engine/fileio.c
 FUZZ_DEPS_fuzz_safetensors := engine/safetensors.c
 FUZZ_DEPS_fuzz_png_decode  := engine/png.c
 FUZZ_DEPS_fuzz_pickle      := engine/pt_pickle.c
