@@ -74,8 +74,10 @@ eng_status eng_ctx_new(eng_ctx **out, const eng_ctx_opts *opts)
         free(ctx);
         return eng_fail(ENG_ERR_ARG, "context: unknown device '%s' (cpu, cuda, cuda:N)", dev);
     }
-    if (ctx->opts.math == ENG_MATH_DEFAULT)
-        ctx->opts.math = ctx->be->dev == ENG_DEV_CUDA ? ENG_MATH_TF32 : ENG_MATH_FP32;
+    if (ctx->be->dev == ENG_DEV_CPU)
+        ctx->opts.math = ENG_MATH_FP32; /* the CPU backend has one mode, whatever was asked */
+    else if (ctx->opts.math == ENG_MATH_DEFAULT)
+        ctx->opts.math = ENG_MATH_TF32;
     eng_status s = ctx->be->init(ctx);
     if (s != ENG_OK) {
         free(ctx);
@@ -97,6 +99,13 @@ void eng_ctx_free(eng_ctx *ctx)
 eng_device eng_ctx_device(const eng_ctx *ctx) { return ctx->be->dev; }
 const char *eng_ctx_backend_name(const eng_ctx *ctx) { return ctx->name; }
 int eng_ctx_threads(const eng_ctx *ctx) { return ctx->threads; }
+eng_math eng_ctx_math(const eng_ctx *ctx) { return ctx->opts.math; }
+
+const char *eng_math_name(eng_math m)
+{
+    static const char *const names[] = {"default", "fp32", "tf32", "bf16"};
+    return (unsigned)m < sizeof names / sizeof *names ? names[m] : "?";
+}
 
 eng_layout eng_ctx_act_layout(const eng_ctx *ctx, int64_t channels) { return ctx->be->act_layout(ctx, channels); }
 

@@ -26,7 +26,8 @@ typedef struct eng_ctx_opts {
     const char *device;   /* "cpu" (default), "cuda", "cuda:N" */
     int threads;          /* CPU threads; 0: RTAAS_CPU_THREADS, else all cores */
     eng_conv_algo conv;   /* CPU convolution path; ENG_CONV_AUTO also reads RTAAS_CONV */
-    eng_math math;        /* CUDA math mode; the CPU is always FP32 (then resolved, never DEFAULT) */
+    eng_math math;        /* CUDA math mode; the CPU computes in FP32 whatever is asked (resolved at
+                             creation, never DEFAULT afterwards: see eng_ctx_math) */
 } eng_ctx_opts;
 
 /* Creates a context. On failure *out is NULL and eng_last_error() says why
@@ -37,6 +38,10 @@ void eng_ctx_free(eng_ctx *ctx);
 eng_device eng_ctx_device(const eng_ctx *ctx);
 const char *eng_ctx_backend_name(const eng_ctx *ctx); /* "cpu/onednn", "cpu/gemm", "cuda:0" */
 int eng_ctx_threads(const eng_ctx *ctx);
+/* The math mode the context computes in (FP32 on the CPU; TF32 on CUDA unless asked otherwise). */
+eng_math eng_ctx_math(const eng_ctx *ctx);
+/* "fp32", "tf32", "bf16" ("default" for ENG_MATH_DEFAULT). */
+const char *eng_math_name(eng_math m);
 
 /* Layout this context's backend wants for activations with C channels. */
 eng_layout eng_ctx_act_layout(const eng_ctx *ctx, int64_t channels);

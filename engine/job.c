@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "engine.h"
@@ -42,6 +43,7 @@ struct eng_job {
     method_kind method;
     uint64_t seed;
     char *device;
+    eng_math math; /* ENG_MATH_DEFAULT: the device's own (TF32 on CUDA, FP32 on the CPU) */
     /* the source backbone (transfer methods) or the architecture to train (natural, free_at) */
     char *arch, *weights;
     float mean[ENG_MAX_CHANNELS], std[ENG_MAX_CHANNELS];
@@ -568,10 +570,28 @@ static eng_status parse_params(parser *p, json_t *obj, eng_job *j)
     return s;
 }
 
+/* "math": fp32, tf32 or bf16 (a CUDA device's math mode; the CPU computes in FP32 whatever is asked). */
+static eng_status parse_math(parser *p, json_t *root, eng_math *out)
+{
+    char *m = NULL;
+    eng_status s = get_str(p, root, "math", &m);
+    *out = ENG_MATH_DEFAULT;
+    for (eng_math i = ENG_MATH_FP32; s == ENG_OK && m && i <= ENG_MATH_BF16; i++)
+        if (strcmp(m, eng_math_name(i)) == 0)
+            *out = i;
+    if (s == ENG_OK && m && *out == ENG_MATH_DEFAULT) {
+        size_t o = enter(p, "math", -1);
+        s = bad(p, "must be one of fp32, tf32, bf16");
+        leave(p, o);
+    }
+    free(m);
+    return s;
+}
+
 eng_status eng_job_parse(const char *text, size_t len, eng_job **out, char *field, size_t field_len)
 {
-    static const char *const allowed[] = {"method", "seed", "device", "backbone", "arch", "dataset", "test", "params",
-                                          "eval", NULL};
+    static const char *const allowed[] = {"method", "seed", "device", "math", "backbone", "arch", "dataset", "test",
+                                          "params", "eval", NULL};
     static const char *const bb_allowed[] = {"arch", "weights", "mean", "std", "input_size", NULL};
     static const char *const ev_allowed[] = {"attacks", "eps", "examples", "batch_size", "gradient_maps", NULL};
     parser P = {.field = field, .field_len = field_len}, *p = &P;
@@ -616,6 +636,8 @@ eng_status eng_job_parse(const char *text, size_t len, eng_job **out, char *fiel
         (s = get_str(p, root, "device", &j->device)) != ENG_OK)
         goto out;
     j->seed = (uint64_t)seed;
+    if ((s = parse_math(p, root, &j->math)) != ENG_OK)
+        goto out;
     /* defaults: the paper's appendix A where it gives them */
     eng_train_defaults(&j->topts);
     j->topts.seed = j->seed;
@@ -1054,6 +1076,8 @@ typedef struct run_state {
     double t_load, t_features, t_train, t_eval, t_grad;
     eng_load_report rep;
     json_t *artifacts;
+    const char *stage;  /* what runs now, for the out-of-memory retry: "features", "train", ... */
+    json_t *oom_retries; /* one object per retry at a smaller batch */
     char path[4096];
 } run_state;
 
@@ -1132,6 +1156,7 @@ static eng_status run_method(run_state *r)
 {
     eng_job *j = r->j;
     eng_status s = ENG_OK;
+    r->stage = "model";
     eng_train_opts o = j->topts;
     o.progress = r->h->progress;
     o.cancelled = r->h->cancelled;
@@ -1176,16 +1201,19 @@ static eng_status run_method(run_state *r)
         if ((s = build_target(r, in_c, NULL, &r->model)) != ENG_OK)
             return s;
         t0 = now_s();
+        r->stage = "train";
         s = j->method == M_NATURAL ? eng_train_natural(r->model, &src, &o, &r->log)
                                    : eng_train_free_at(r->model, &src, &o, j->free_eps, j->replay, &r->log);
         break;
     case M_LINEAR:
     case M_MLP: {
         eng_head_spec hs = j->method == M_MLP ? j->head : (eng_head_spec){0};
+        r->stage = "features";
         if ((s = eng_extract_features(r->src, &src, j->feature_batch, r->h->progress, r->h->user, &r->feats,
                                       &r->F)) != ENG_OK)
             return s;
         r->t_features = now_s() - t0;
+        r->stage = "model";
         eng_model_spec hsp = {.arch = "head", .num_classes = r->K, .in_channels = (int)r->F, .head = hs};
         if ((s = eng_model_new(r->ctx, &hsp, &r->head)) != ENG_OK ||
             (s = eng_model_init(r->head, eng_hash64(j->seed, 0x4ead))) != ENG_OK)
@@ -1194,8 +1222,10 @@ static eng_status run_method(run_state *r)
         eng_feature_data fd;
         eng_feature_source(&fs, &fd, r->feats, r->train.labels, r->train.n, r->F, r->K);
         t0 = now_s();
+        r->stage = "train";
         if ((s = eng_train_natural(r->head, &fs, &o, &r->log)) != ENG_OK)
             return s;
+        r->stage = "model";
         /* backbone + the trained head in one model, for the attacks */
         if ((s = build_target(r, in_c, &hs, &r->model)) != ENG_OK || (s = copy_params(r->model, r->src, skip_head)) != ENG_OK)
             return s;
@@ -1210,13 +1240,16 @@ static eng_status run_method(run_state *r)
         break;
     }
     case M_LWF:
+        r->stage = "features";
         if ((s = eng_extract_features(r->src, &src, j->feature_batch, r->h->progress, r->h->user, &r->feats,
                                       &r->F)) != ENG_OK)
             return s;
         r->t_features = now_s() - t0;
+        r->stage = "model";
         if ((s = build_target(r, in_c, NULL, &r->model)) != ENG_OK || (s = copy_params(r->model, r->src, skip_head)) != ENG_OK)
             return s;
         t0 = now_s();
+        r->stage = "train";
         s = eng_train_lwf(r->model, &src, r->feats, &o, j->lambda_d, j->l1, j->warm_start, &r->log);
         break;
     case M_RETRAIN:
@@ -1226,6 +1259,7 @@ static eng_status run_method(run_state *r)
         if (j->method == M_RETRAIN && (s = eng_prepare_retrain_blocks(r->model, j->blocks, j->seed)) != ENG_OK)
             return eng_fail(s, "params.blocks: %s", eng_last_error());
         t0 = now_s();
+        r->stage = "train";
         s = j->method == M_RETRAIN ? eng_train_natural(r->model, &src, &o, &r->log)
                                    : eng_train_adversarial(r->model, &src, &o, &j->adv, &r->log);
         break;
@@ -1241,6 +1275,11 @@ static eng_status run_eval(run_state *r)
     int64_t n = d->n < j->eval_examples ? d->n : j->eval_examples;
     if (j->test.limit > 0 && n > j->test.limit)
         n = j->test.limit;
+    r->stage = "eval";
+    if (j->eval_batch > n && n > 0)
+        j->eval_batch = (int)n; /* a batch larger than the examples would only halve in vain */
+    eng_eval_free(r->ev); /* a retry at a smaller batch starts the counts again */
+    r->ev = NULL;
     eng_status s = eng_eval_new(&r->ev, r->K, j->attacks, j->n_attacks);
     if (s != ENG_OK)
         return s;
@@ -1291,6 +1330,7 @@ static eng_status run_gradients(run_state *r)
     const int G = (int)(d->n < j->gradient_maps ? d->n : j->gradient_maps);
     if (G < 1)
         return ENG_OK;
+    r->stage = "gradients";
     double t0 = now_s();
     eng_source src;
     ds_source dss;
@@ -1392,8 +1432,8 @@ static char *report_text(run_state *r)
     json_object_set_new(rep, "method", json_string(method_names[j->method]));
     json_object_set_new(rep, "seed", json_integer((json_int_t)j->seed));
     json_object_set_new(rep, "spec", json_deep_copy(j->spec));
-    json_object_set_new(rep, "backend", json_pack("{s:s, s:i}", "name", eng_ctx_backend_name(r->ctx), "threads",
-                                                  eng_ctx_threads(r->ctx)));
+    json_object_set_new(rep, "backend", json_pack("{s:s, s:i, s:s}", "name", eng_ctx_backend_name(r->ctx), "threads",
+                                                  eng_ctx_threads(r->ctx), "math", eng_math_name(eng_ctx_math(r->ctx))));
     json_t *mean = json_array(), *std = json_array();
     for (int i = 0; i < j->n_mean; i++) {
         json_array_append_new(mean, json_real(j->mean[i]));
@@ -1446,9 +1486,72 @@ static char *report_text(run_state *r)
                                                   r->t_features, "train", r->t_train, "eval", r->t_eval, "gradients",
                                                   r->t_grad));
     json_object_set(rep, "artifacts", r->artifacts);
+    /* the batches the job ran at, which differ from the spec's after an out-of-memory retry */
+    json_object_set_new(rep, "batches", json_pack("{s:i, s:i, s:i, s:i}", "batch_size", j->topts.batch_size,
+                                                  "feature_batch", j->feature_batch, "eval_batch", j->eval_batch,
+                                                  "gradient_maps", j->gradient_maps));
+    json_object_set(rep, "oom_retries", r->oom_retries);
     char *text = json_dumps(rep, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
     json_decref(rep);
     return text;
+}
+
+/* The batch that sets the memory a stage needs, and the least it may become. */
+typedef struct batch_knob {
+    int *value;
+    int floor;
+    const char *field; /* as the spec names it */
+} batch_knob;
+
+static batch_knob stage_knob(run_state *r)
+{
+    eng_job *j = r->j;
+    const char *st = r->stage ? r->stage : "";
+    if (!strcmp(st, "features"))
+        return (batch_knob){&j->feature_batch, 1, "params.feature_batch"};
+    if (!strcmp(st, "train"))
+        return (batch_knob){&j->topts.batch_size, 2, "params.batch_size"}; /* batch norm needs two */
+    if (!strcmp(st, "eval"))
+        return (batch_knob){&j->eval_batch, 1, "eval.batch_size"};
+    if (!strcmp(st, "gradients"))
+        return (batch_knob){&j->gradient_maps, 1, "eval.gradient_maps"};
+    return (batch_knob){0}; /* weights and datasets: a smaller batch would not help */
+}
+
+/* Frees what run_method built, so that it can run again from the start. */
+static void reset_method(run_state *r)
+{
+    eng_model_free(r->src), eng_model_free(r->model), eng_model_free(r->head);
+    r->src = r->model = r->head = NULL;
+    free(r->feats);
+    r->feats = NULL;
+    r->F = 0;
+    eng_train_log_cleanup(&r->log);
+    memset(&r->rep, 0, sizeof r->rep);
+}
+
+/* Runs a phase; when it runs out of memory (a device too small for the batch asked), runs it
+ * again at half the batch of the stage that failed, down to that batch's floor. Each retry is
+ * recorded for the report. Training starts again from its first epoch: its checkpoint, if it
+ * wrote one, belongs to the larger batch. */
+static eng_status run_halving(run_state *r, eng_status (*phase)(run_state *))
+{
+    for (;;) {
+        eng_status s = phase(r);
+        batch_knob k = stage_knob(r);
+        if (s != ENG_ERR_NOMEM || !k.value || *k.value / 2 < k.floor)
+            return s;
+        const int from = *k.value;
+        *k.value = from / 2;
+        json_array_append_new(r->oom_retries, json_pack("{s:s, s:s, s:i, s:i, s:s}", "stage", r->stage, "field",
+                                                        k.field, "from", from, "to", *k.value, "error",
+                                                        eng_last_error()));
+        if (phase == run_method) {
+            if (!strcmp(r->stage, "train"))
+                unlink(out_path(r, "checkpoint.safetensors"));
+            reset_method(r);
+        }
+    }
 }
 
 eng_status eng_job_run(eng_job *j, const eng_job_hooks *h, char **report)
@@ -1464,7 +1567,8 @@ eng_status eng_job_run(eng_job *j, const eng_job_hooks *h, char **report)
     r.j = j;
     r.h = h;
     r.artifacts = json_array();
-    eng_ctx_opts co = {.device = h->device ? h->device : j->device};
+    r.oom_retries = json_array();
+    eng_ctx_opts co = {.device = h->device ? h->device : j->device, .math = j->math};
     eng_status s = eng_ctx_new(&r.ctx, &co);
     if (s != ENG_OK)
         goto out;
@@ -1474,7 +1578,7 @@ eng_status eng_job_run(eng_job *j, const eng_job_hooks *h, char **report)
         goto out;
     r.t_load = now_s() - t0;
     progress(&r, "load", 1, 1);
-    if ((s = run_method(&r)) != ENG_OK)
+    if ((s = run_halving(&r, run_method)) != ENG_OK)
         goto out;
     if ((s = save_model(r.model, out_path(&r, "model.safetensors"), j, r.size, "model")) != ENG_OK)
         goto out;
@@ -1484,7 +1588,7 @@ eng_status eng_job_run(eng_job *j, const eng_job_hooks *h, char **report)
             goto out;
         add_artifact(&r, "head.safetensors", "head");
     }
-    if ((s = run_eval(&r)) != ENG_OK || (s = run_gradients(&r)) != ENG_OK)
+    if ((s = run_halving(&r, run_eval)) != ENG_OK || (s = run_halving(&r, run_gradients)) != ENG_OK)
         goto out;
     char *text = report_text(&r);
     if (!text) {
@@ -1517,5 +1621,6 @@ out:
     eng_dataset_cleanup(&r.test);
     eng_ctx_free(r.ctx);
     json_decref(r.artifacts);
+    json_decref(r.oom_retries);
     return s;
 }

@@ -210,9 +210,9 @@ static json_t *to_engine(rt_app *app, db_conn *c, const char *tenant, const char
                          ctx *x)
 {
     static const char *const transfer_keys[] = {"backbone", "dataset", "test", "method", "params", "eval", "seed",
-                                                "name", NULL};
+                                                "math", "name", NULL};
     static const char *const backbone_keys[] = {"arch", "dataset", "test", "method", "params", "eval", "seed",
-                                                "name", "eps", NULL};
+                                                "math", "name", "eps", NULL};
     bool transfer = !strcmp(kind, "transfer");
     const char *const *allowed = transfer ? transfer_keys : backbone_keys;
     const char *key;
@@ -312,8 +312,8 @@ static json_t *to_engine(rt_app *app, db_conn *c, const char *tenant, const char
         json_decref(e);
         return NULL;
     }
-    static const char *const copy[] = {"method", "params", "eval", "seed"};
-    for (int i = 0; i < 4; i++)
+    static const char *const copy[] = {"method", "params", "eval", "seed", "math"};
+    for (int i = 0; i < 5; i++)
         if (json_object_get(spec, copy[i]))
             json_object_set(e, copy[i], json_object_get(spec, copy[i]));
     /* the engine's own parser has the last word on params and eval */

@@ -226,7 +226,7 @@ req GET /v1/backbones; expect 200 "list backbones"
 is "$(ids_of backbones)" "$BB" "the list holds the backbone"
 
 # ---- a transfer, end to end -----------------------------------------------------------------
-TSPEC="{\"backbone\": \"$BB\", \"method\": \"linear\", \"seed\": 2,
+TSPEC="{\"backbone\": \"$BB\", \"method\": \"linear\", \"seed\": 2, \"math\": \"bf16\",
   \"dataset\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9], \"per_class\": 40},
   \"test\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9]}, \"params\": {\"epochs\": 5}, $EVAL}"
 json_post /v1/transfers "$TSPEC"
@@ -243,6 +243,8 @@ check $? "job: summary and timestamps once it succeeded" "$BODY"
 schema_ok Job "a succeeded job is a Job"
 req GET "/v1/transfers/$T1/report"; expect 200 "GET report"
 schema_ok Report "the report is a Report"
+jpy 'd["backend"]["math"] == "fp32" and d["spec"]["math"] == "bf16" and d["batches"]["eval_batch"] > 0 and d["oom_retries"] == []' >/dev/null
+check $? "report: bf16 asked, a CPU worker ran fp32 and says so; batches; no out-of-memory retry" "$(jpy 'd["backend"], d["batches"], d["oom_retries"]')"
 jpy '0 <= d["evaluation"]["clean"]["accuracy"] <= 1 and d["evaluation"]["attacks"][0]["kind"] == "pgd"' >/dev/null
 check $? "report: evaluation.clean.accuracy and the PGD attack" "$(head -c 300 <<<"$BODY")"
 is "$(jf rtaas_version)" "$("$RTAAS" version | awk '{print $2}')" "report: rtaas_version"
@@ -339,6 +341,7 @@ check $? "a JSON array, not an object: 400 bad_json or bad_request" "$(req_detai
 json_post /v1/transfers "$(mutate 'd["seed"] = "two"')"; expect_error 400 invalid_field "seed of the wrong type: 400" seed
 json_post /v1/transfers "$(mutate 'd["params"]["epochs"] = "five"')"; expect_error 400 invalid_field "params.epochs of the wrong type: 400" params.epochs
 json_post /v1/transfers "$(mutate 'd["colour"] = "red"')"; expect_error 400 invalid_field "an unknown field: 400" colour
+json_post /v1/transfers "$(mutate 'd["math"] = "fp16"')"; expect_error 400 invalid_field "math fp16 (not a mode): 400" math
 json_post /v1/transfers "$(mutate 'd["dataset"]["path"] = "/etc/passwd"')"; expect_error 400 invalid_field "a file path instead of an id: 400" dataset.path
 json_post /v1/transfers "$(mutate 'del d["dataset"]')"; expect_error 400 missing_field "no dataset: 400" dataset
 json_post /v1/transfers "$(mutate 'del d["backbone"]')"; expect_error 400 missing_field "no backbone: 400" backbone
