@@ -71,6 +71,12 @@ $(EMU_B)/%.o: %.c $(EMU_HDR)
 $(EMU_B)/test_cuda: tests/unit/test_cuda.c tests/t.h $(EMU_OBJ)
 	$(CC) $(CFLAGS) $(XCFLAGS) -DRTAAS_HAVE_CUDA -Itests -o $@ $< $(EMU_OBJ) $(LDLIBS) -lstdc++
 
-cuda-emu: $(EMU_B)/test_cuda
+cuda-emu: $(EMU_B)/test_cuda $(EMU_B)/test_job
 	$(EMU_B)/test_cuda --small
 	CUEMU_NHWC_UNSUPPORTED=1 CUEMU_FUSE_UNSUPPORTED=1 $(EMU_B)/test_cuda --small
+	$(EMU_B)/test_job
+
+# The job test against the emulation: an emulated card too small for the batches asked runs the
+# job-level out-of-memory retry (tests/unit/test_job.c, job_oom_retry).
+$(EMU_B)/test_job: tests/unit/test_job.c tests/t.h $(EMU_OBJ)
+	$(CC) $(CFLAGS) $(XCFLAGS) -DRTAAS_HAVE_CUDA -DRTAAS_CUDA_EMU -Itests -o $@ $< $(EMU_OBJ) $(LDLIBS) -lstdc++
