@@ -4,6 +4,7 @@
 #   make test     deps + build + every test suite; ends with "N passed, N failed"
 #   make fuzz     libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make bench    rtaas against PyTorch on the same work; prints the ratio table
+#   make bench-gpu  the same on a CUDA GPU (ResNet-50: features, PGD-20, LwF); skipped without one
 #   make demo     the main job on the embedded defaults
 #   make clean
 
@@ -78,13 +79,13 @@ $(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
 
 # The rest of the targets live beside what they build; the rules (recipes) are in:
 #   tests/tests.mk       fuzz, fuzz-build (and the test binaries)
-#   bench/bench.mk       bench, bench-service
+#   bench/bench.mk       bench, bench-gpu, bench-service
 #   engine/cuda/cuda.mk  test-gpu, cuda-check, cuda-emu
 include tests/tests.mk
 include bench/bench.mk
 include engine/cuda/cuda.mk
-.PHONY: fuzz bench bench-service test-gpu cuda-check cuda-emu
-fuzz bench bench-service test-gpu cuda-check cuda-emu:
+.PHONY: fuzz bench bench-gpu bench-service test-gpu cuda-check cuda-emu
+fuzz bench bench-gpu bench-service test-gpu cuda-check cuda-emu:
 
 deps:
 	@tools/deps

@@ -1,5 +1,5 @@
-/* The rtaas side of `make bench`: the same cases as bench_torch.py, timed as a median after a
- * warm-up, plus a per-shape table of ResNet-50's convolutions on the oneDNN and GEMM paths. */
+/* The rtaas side of `make bench` and `make bench-gpu`: the same cases as bench_torch.py, timed as
+ * a median after a warm-up, plus a per-shape table of ResNet-50's convolutions on the CPU paths. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,12 +10,25 @@
 
 #include "engine.h"
 
+/* The first failure of the run: main reports ENG_ERR_UNSUPPORTED (BF16 before the backend has
+ * it, say) as a row the benchmark scripts print and go past, not as a crash. */
+static eng_status first_failure = ENG_OK;
+static char first_message[512];
+
+static void note_failure(eng_status s, const char *expr, const char *file, int line)
+{
+    if (first_failure == ENG_OK) {
+        first_failure = s;
+        snprintf(first_message, sizeof first_message, "%s", eng_last_error());
+    }
+    fprintf(stderr, "bench_rtaas: %s: %s (%s) at %s:%d\n", expr, eng_strerror(s), eng_last_error(), file, line);
+}
+
 #define CHECK(expr)                                                                                   \
     do {                                                                                              \
         eng_status s_ = (expr);                                                                       \
         if (s_ != ENG_OK) {                                                                           \
-            fprintf(stderr, "bench_rtaas: %s: %s (%s) at %s:%d\n", #expr, eng_strerror(s_), eng_last_error(), \
-                    __FILE__, __LINE__);                                                              \
+            note_failure(s_, #expr, __FILE__, __LINE__);                                              \
             rc = 1;                                                                                   \
             goto out;                                                                                 \
         }                                                                                             \
@@ -25,10 +38,14 @@
 
 typedef struct bench_opts {
     eng_conv_algo conv;
+    const char *device; /* "cpu", "cuda" or "cuda:N" */
+    eng_math math;      /* CUDA math mode (the CPU computes in FP32 whatever is asked) */
     int threads, warmup, iters;
+    int batch, size;    /* > 0: the case's batch and image size instead of its own (quick checks) */
     int verbose;     /* print every step's time to stderr */
-    double budget_s; /* > 0: stop timing once this much has run and at least MIN_ITERS are done,
+    double budget_s; /* > 0: stop timing once this much has run and at least min_iters are done,
                         and end the warm-up after one step longer than 10 s */
+    int min_iters;   /* MIN_ITERS unless --min-iters says otherwise */
 } bench_opts;
 
 #define MIN_ITERS 5
@@ -112,6 +129,44 @@ static eng_status checksum(eng_ctx *ctx, const eng_tensor *t, double *sum, doubl
     return s;
 }
 
+static eng_status ctx_open(eng_ctx **ctx, const bench_opts *o, eng_conv_algo conv)
+{
+    return eng_ctx_new(ctx, &(eng_ctx_opts){.device = o->device, .threads = o->threads, .conv = conv, .math = o->math});
+}
+
+/* Waits until the device has finished the work queued on the context, so that a step's time
+ * includes it. The engine has no call of its own for that; a download waits for the context's
+ * stream, so downloading the model's smallest parameter (fc.bias) is one. Nothing on the CPU. */
+static eng_status sync_model(eng_model *m)
+{
+    eng_ctx *ctx = eng_model_ctx(m);
+    if (eng_ctx_device(ctx) == ENG_DEV_CPU)
+        return ENG_OK;
+    eng_param *p = eng_model_find(m, "fc.bias");
+    if (!p)
+        p = eng_model_param(m, eng_model_num_params(m) - 1);
+    eng_tensor h = ENG_TENSOR_INIT;
+    eng_status s = eng_tensor_alloc_host(&h, p->value.ndim, p->value.dim, ENG_LAYOUT_NCHW);
+    if (s == ENG_OK)
+        s = eng_ctx_download(ctx, &h, &p->value);
+    eng_tensor_cleanup(&h);
+    return s;
+}
+
+static const char *math_name(eng_math m)
+{
+    switch (m) {
+    case ENG_MATH_FP32:
+        return "fp32";
+    case ENG_MATH_TF32:
+        return "tf32";
+    case ENG_MATH_BF16:
+        return "bf16";
+    default:
+        return "default";
+    }
+}
+
 /* ---- whole-model cases ---- */
 
 typedef enum { KIND_FWD, KIND_PGD, KIND_TRAIN } case_kind;
@@ -121,28 +176,42 @@ typedef struct model_case {
     int n, c, size, classes;
     case_kind kind;
     float mean[3], std[3];
+    float eps, alpha; /* attack cases: l_inf radius; step size, 0 for eng_attack_defaults' */
 } model_case;
 
+/* The case with --batch and --size applied. */
+static model_case resized(const model_case *mc, const bench_opts *o)
+{
+    model_case c = *mc;
+    if (o->batch > 0)
+        c.n = o->batch;
+    if (o->size > 0)
+        c.size = o->size;
+    return c;
+}
+
 static const model_case CASES[] = {
-    {"resnet50_fwd_b8", "resnet50", 8, 3, 224, 1000, KIND_FWD, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
+    {"resnet50_fwd_b8", "resnet50", 8, 3, 224, 1000, KIND_FWD, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}, 0,
+     0},
     {"resnet50_pgd_step_b8", "resnet50", 8, 3, 224, 1000, KIND_PGD, {0.485f, 0.456f, 0.406f},
-     {0.229f, 0.224f, 0.225f}},
+     {0.229f, 0.224f, 0.225f}, 0, 0},
     {"resnet20_train_b128", "resnet20", 128, 3, 32, 10, KIND_TRAIN, {0.4914f, 0.4822f, 0.4465f},
-     {0.2470f, 0.2435f, 0.2616f}},
-    {"smallcnn_train_b128", "smallcnn", 128, 1, 28, 10, KIND_TRAIN, {0.1307f}, {0.3081f}},
+     {0.2470f, 0.2435f, 0.2616f}, 0, 0},
+    {"smallcnn_train_b128", "smallcnn", 128, 1, 28, 10, KIND_TRAIN, {0.1307f}, {0.3081f}, 0, 0},
 };
 
-static int run_model_case(const model_case *mc, const bench_opts *o)
+static int run_model_case(const model_case *mc0, const bench_opts *o)
 {
     int rc = 0;
+    const model_case rmc = resized(mc0, o), *mc = &rmc;
     eng_ctx *ctx = NULL;
     eng_model *m = NULL;
-    eng_tensor x = ENG_TENSOR_INIT, dlogits = ENG_TENSOR_INIT;
+    eng_tensor xh = ENG_TENSOR_INIT, x = ENG_TENSOR_INIT, dlogits = ENG_TENSOR_INIT;
     int32_t *labels = NULL;
     double ts[MAX_ITERS], first_loss = NAN, last_loss = NAN, sum = 0, asum = 0;
     const eng_tensor *logits = NULL, *dx = NULL;
 
-    CHECK(eng_ctx_new(&ctx, &(eng_ctx_opts){.device = "cpu", .threads = o->threads, .conv = o->conv}));
+    CHECK(ctx_open(&ctx, o, o->conv));
     eng_model_spec spec = {.arch = mc->arch, .num_classes = mc->classes};
     for (int i = 0; i < mc->c; i++) {
         spec.mean[i] = mc->mean[i];
@@ -151,8 +220,10 @@ static int run_model_case(const model_case *mc, const bench_opts *o)
     CHECK(eng_model_new(ctx, &spec, &m));
     CHECK(eng_model_init(m, 42));
 
-    CHECK(eng_tensor_alloc4(&x, mc->n, mc->c, mc->size, mc->size));
-    fill_uniform(x.data, eng_tensor_numel(&x), 1, 0.0f, 1.0f);
+    CHECK(eng_tensor_alloc4(&xh, mc->n, mc->c, mc->size, mc->size));
+    fill_uniform(xh.data, eng_tensor_numel(&xh), 1, 0.0f, 1.0f);
+    CHECK(eng_ctx_tensor_alloc(ctx, &x, 4, xh.dim, ENG_LAYOUT_NCHW));
+    CHECK(eng_ctx_upload(ctx, &x, &xh));
     CHECK(eng_ctx_tensor_alloc(ctx, &dlogits, 2, (int64_t[]){mc->n, mc->classes}, ENG_LAYOUT_NCHW));
     labels = malloc((size_t)mc->n * sizeof *labels);
     if (!labels) {
@@ -171,7 +242,7 @@ static int run_model_case(const model_case *mc, const bench_opts *o)
     for (int it = 0; it < o->warmup + o->iters; it++) {
         if (it == o->warmup)
             mark0 = cpu_mark_now();
-        if (o->budget_s > 0 && timed >= MIN_ITERS && spent > o->budget_s * 1e3)
+        if (o->budget_s > 0 && timed >= o->min_iters && spent > o->budget_s * 1e3)
             break;
         double loss = NAN, t0 = now_ms();
         switch (mc->kind) {
@@ -193,6 +264,7 @@ static int run_model_case(const model_case *mc, const bench_opts *o)
             CHECK(eng_model_sgd_step(m, &sgd, it == 0));
             break;
         }
+        CHECK(sync_model(m));
         double dt = now_ms() - t0;
         if (o->verbose)
             fprintf(stderr, "%s step %d%s: %.2f ms\n", mc->name, it, it < o->warmup ? " (warm-up)" : "", dt);
@@ -240,7 +312,8 @@ static int run_model_case(const model_case *mc, const bench_opts *o)
 out:
     free(labels);
     eng_ctx_tensor_free(ctx, &dlogits);
-    eng_tensor_cleanup(&x);
+    eng_ctx_tensor_free(ctx, &x);
+    eng_tensor_cleanup(&xh);
     eng_model_free(m);
     eng_ctx_free(ctx);
     return rc;
@@ -269,7 +342,7 @@ static int time_steps(const bench_opts *o, const char *name, step_fn step, void 
     for (int it = 0; it < o->warmup + o->iters; it++) {
         if (it == o->warmup)
             mark0 = cpu_mark_now();
-        if (o->budget_s > 0 && t->timed >= MIN_ITERS && spent > o->budget_s * 1e3)
+        if (o->budget_s > 0 && t->timed >= o->min_iters && spent > o->budget_s * 1e3)
             break;
         const double t0 = now_ms();
         if (step(state, it) != 0)
@@ -327,15 +400,25 @@ static eng_status accuracy(eng_ctx *ctx, const eng_tensor *logits, const int32_t
     return s;
 }
 
-/* PGD-20 at l_inf 8/255, step 2/255, random start, cross-entropy, eval mode (Madry et al.). */
+/* One machine-readable line per result for bench/gpu: case, math, median ms per step, images
+ * per step, sanity. */
+static void print_row(const char *name, const bench_opts *o, double ms, int images, const char *sanity)
+{
+    printf("rtaas_row %s %s %.3f %d %s\n", name, math_name(o->math), ms, images, sanity);
+}
+
+/* PGD-20, random start, summed cross-entropy, eval mode, last iterate (Madry et al.): at l_inf
+ * 8/255 with step 2/255 on the CPU cases; at 4/255 with eng_attack_defaults' step (1/255 for 20
+ * steps) on the GPU case. */
 static const model_case ATTACK_CASES[] = {
     {"resnet20_pgd20_b128", "resnet20", 128, 3, 32, 10, KIND_PGD, {0.4914f, 0.4822f, 0.4465f},
-     {0.2470f, 0.2435f, 0.2616f}},
-    {"resnet50_pgd20_b8", "resnet50", 8, 3, 224, 1000, KIND_PGD, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}},
+     {0.2470f, 0.2435f, 0.2616f}, 8.0f / 255, 2.0f / 255},
+    {"resnet50_pgd20_b8", "resnet50", 8, 3, 224, 1000, KIND_PGD, {0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f},
+     8.0f / 255, 2.0f / 255},
+    {"resnet50_pgd20_b128", "resnet50", 128, 3, 224, 1000, KIND_PGD, {0.485f, 0.456f, 0.406f},
+     {0.229f, 0.224f, 0.225f}, 4.0f / 255, 0},
 };
 #define PGD_STEPS 20
-#define PGD_EPS (8.0f / 255)
-#define PGD_ALPHA (2.0f / 255)
 
 typedef struct attack_state {
     eng_model *m;
@@ -352,20 +435,22 @@ static int attack_step(void *p, int it)
     attack_state *s = p;
     (void)it;
     CHECK(eng_attack_run(s->m, &s->spec, &s->x, s->labels, &s->x_adv, s->fooled, s->loss));
+    CHECK(sync_model(s->m));
 out:
     return rc;
 }
 
-static int run_attack_case(const model_case *mc, const bench_opts *o)
+static int run_attack_case(const model_case *mc0, const bench_opts *o)
 {
     int rc = 0;
+    const model_case rmc = resized(mc0, o), *mc = &rmc;
     eng_ctx *ctx = NULL;
     eng_tensor xh = ENG_TENSOR_INIT;
     attack_state s = {.x = ENG_TENSOR_INIT, .x_adv = ENG_TENSOR_INIT};
     timing t;
     const eng_tensor *logits;
 
-    CHECK(eng_ctx_new(&ctx, &(eng_ctx_opts){.device = "cpu", .threads = o->threads, .conv = o->conv}));
+    CHECK(ctx_open(&ctx, o, o->conv));
     eng_model_spec spec = {.arch = mc->arch, .num_classes = mc->classes};
     for (int i = 0; i < mc->c; i++) {
         spec.mean[i] = mc->mean[i];
@@ -388,8 +473,9 @@ static int run_attack_case(const model_case *mc, const bench_opts *o)
     }
     for (int i = 0; i < mc->n; i++)
         s.labels[i] = (int32_t)(eng_hash64(2, (uint64_t)i) % (uint64_t)mc->classes);
-    eng_attack_defaults(&s.spec, ENG_ATTACK_PGD, PGD_EPS, PGD_STEPS);
-    s.spec.alpha = PGD_ALPHA;
+    eng_attack_defaults(&s.spec, ENG_ATTACK_PGD, mc->eps, PGD_STEPS);
+    if (mc->alpha > 0)
+        s.spec.alpha = mc->alpha;
     s.spec.random_start = true;
     s.spec.restarts = 1;
     s.spec.best = false;
@@ -417,16 +503,18 @@ static int run_attack_case(const model_case *mc, const bench_opts *o)
         mean_loss += s.loss[i] / mc->n;
     }
     const char *sanity = "ok";
-    if (!in_unit || !(linf <= PGD_EPS + 1e-6))
+    if (!in_unit || !(linf <= s.spec.eps + 1e-6))
         sanity = "BAD-outside-the-eps-ball";
     else if (!isfinite(mean_loss) || !(mean_loss > clean_loss))
         sanity = "BAD-loss-did-not-rise";
     char extra[256];
     snprintf(extra, sizeof extra,
-             "attack=pgd%d eps=8/255 alpha=2/255 clean_acc=%.4f adv_acc=%.4f clean_loss=%.4f adv_loss=%.4f "
-             "linf=%.5f",
-             PGD_STEPS, clean_acc, (double)robust / mc->n, clean_loss, mean_loss, linf);
+             "attack=pgd%d eps=%.3g/255 alpha=%.3g/255 batch=%d size=%d clean_acc=%.4f adv_acc=%.4f "
+             "clean_loss=%.4f adv_loss=%.4f linf=%.5f",
+             PGD_STEPS, s.spec.eps * 255.0, s.spec.alpha * 255.0, mc->n, mc->size, clean_acc, (double)robust / mc->n,
+             clean_loss, mean_loss, linf);
     print_result(mc->name, ctx, &t, extra, sanity);
+    print_row(mc->name, o, t.med, mc->n, sanity);
     if (strncmp(sanity, "BAD", 3) == 0)
         rc = 1;
 out:
@@ -517,6 +605,7 @@ static int linear_step(void *p, int it)
     eng_feature_data fd;
     eng_feature_source(&fs, &fd, feats, s->labels, PIPE_N, F, PIPE_CLASSES);
     CHECK(eng_train_natural(head, &fs, &s->topts, &log));
+    CHECK(sync_model(head));
     const double t2 = now_ms();
     if (it >= s->o->warmup) {
         s->feat_ms[it - s->o->warmup] = t1 - t0;
@@ -540,6 +629,7 @@ static int lwf_step(void *p, int it)
     /* warm_start 0: every step trains all weights but batch norm's (the job default, 0.5, would
      * train only the classifier for the first half of the steps) */
     CHECK(eng_train_lwf(s->target, &s->src, s->z0, &s->topts, LWF_LAMBDA, false, 0.0f, &log));
+    CHECK(sync_model(s->target));
     record_log(s, &log);
 out:
     eng_train_log_cleanup(&log);
@@ -556,7 +646,7 @@ static int run_pipe_case(const struct pipe_case *pc, const bench_opts *o)
     timing t;
     host_images hi;
 
-    CHECK(eng_ctx_new(&s.ctx, &(eng_ctx_opts){.device = "cpu", .threads = o->threads, .conv = o->conv}));
+    CHECK(ctx_open(&s.ctx, o, o->conv));
     const eng_model_spec spec = {.arch = "smallcnn", .num_classes = PIPE_CLASSES, .mean = {0.1307f}, .std = {0.3081f}};
     CHECK(eng_model_new(s.ctx, &spec, &s.m));
     CHECK(eng_model_init(s.m, 42));
@@ -625,6 +715,245 @@ out:
     eng_model_free(s.target);
     eng_model_free(s.m);
     eng_ctx_free(s.ctx);
+    return rc;
+}
+
+/* ---- ResNet-50 at 224 for `make bench-gpu`: feature extraction and one LwF training step ----
+ * Both read their images from host memory through an eng_source, as a job does (engine/job.c),
+ * so a step includes the copies to the device. A step of resnet50_feat_b256 is one
+ * eng_extract_features call over FEAT_BATCHES batches (and, reported apart as fwd_ms, the forward
+ * alone of one batch already on the device); a step of resnet50_lwf_step_b128 is one training
+ * step: the median eng_train_lwf call over LWF_STEPS batches, divided by LWF_STEPS. The PGD-20
+ * case of bench-gpu is resnet50_pgd20_b128 in ATTACK_CASES. */
+#define FEAT_BATCHES 4
+#define LWF_STEPS 8
+#define LWF_CLASSES 10 /* the target task's; the source model has ImageNet's 1000 */
+/* Training-mode forwards that give the LwF source's batch norms running statistics of its data
+ * (momentum 0.1), standing in for a pretrained source: with the initial ones (mean 0, variance
+ * 1) the frozen batch norms normalise nothing, activations grow block after block, and SGD at
+ * lr 0.01 reaches NaN within a few steps, in PyTorch as in rtaas. */
+#define BN_CALIBRATION 10
+
+typedef enum { R50_FEAT, R50_LWF } r50_kind;
+
+static const struct r50_case {
+    const char *name;
+    r50_kind kind;
+    int batch;
+} R50_CASES[] = {
+    {"resnet50_feat_b256", R50_FEAT, 256},
+    {"resnet50_lwf_step_b128", R50_LWF, 128},
+};
+
+typedef struct r50_state {
+    eng_model *m; /* feat: the backbone; lwf: the target being fine-tuned */
+    eng_source src;
+    int batch;
+    const float *z0; /* lwf: the source model's features of every image */
+    eng_train_opts topts;
+    float *feats; /* feat: the last step's features [src.n, F] */
+    int64_t F;
+    double loss, acc; /* lwf: the last call's */
+} r50_state;
+
+static int r50_feat_step(void *p, int it)
+{
+    int rc = 0;
+    r50_state *s = p;
+    (void)it;
+    free(s->feats);
+    s->feats = NULL;
+    CHECK(eng_extract_features(s->m, &s->src, s->batch, NULL, NULL, &s->feats, &s->F));
+    CHECK(sync_model(s->m));
+out:
+    return rc;
+}
+
+static int r50_lwf_step(void *p, int it)
+{
+    int rc = 0;
+    r50_state *s = p;
+    eng_train_log log = {0};
+    (void)it;
+    /* warm_start 0: every step trains all weights but batch norm's, as in smallcnn_lwf_epoch */
+    CHECK(eng_train_lwf(s->m, &s->src, s->z0, &s->topts, LWF_LAMBDA, false, 0.0f, &log));
+    CHECK(sync_model(s->m));
+    s->loss = log.n ? log.epochs[log.n - 1].loss : NAN;
+    s->acc = log.n ? log.epochs[log.n - 1].accuracy : NAN;
+out:
+    eng_train_log_cleanup(&log);
+    return rc;
+}
+
+/* BN_CALIBRATION training-mode forwards over the batches of x ([n, 3, size, size], host). */
+static int calibrate_bn(eng_model *m, const float *x, int64_t n, int batch, int size)
+{
+    int rc = 0;
+    eng_ctx *ctx = eng_model_ctx(m);
+    eng_tensor xh = ENG_TENSOR_INIT, xd = ENG_TENSOR_INIT;
+    const eng_tensor *logits;
+    CHECK(eng_tensor_alloc4(&xh, batch, 3, size, size));
+    CHECK(eng_ctx_tensor_alloc(ctx, &xd, 4, xh.dim, ENG_LAYOUT_NCHW));
+    for (int k = 0; k < BN_CALIBRATION; k++) {
+        const int64_t first = (int64_t)k * batch % (n - n % batch);
+        memcpy(xh.data, x + first * eng_tensor_numel(&xh) / batch, (size_t)eng_tensor_numel(&xh) * sizeof(float));
+        CHECK(eng_ctx_upload(ctx, &xd, &xh));
+        CHECK(eng_model_forward(m, &xd, &(eng_forward_opts){.mode = ENG_MODE_TRAIN}, &logits));
+    }
+out:
+    eng_ctx_tensor_free(ctx, &xd);
+    eng_tensor_cleanup(&xh);
+    return rc;
+}
+
+/* Median time of the forward alone on one batch already in context memory, features downloaded
+ * (which waits for the device): what feature extraction costs without the host side. */
+static int r50_forward_only(eng_model *m, const float *x, int batch, int size, const bench_opts *o, double *ms)
+{
+    int rc = 0;
+    eng_ctx *ctx = eng_model_ctx(m);
+    eng_tensor xh = ENG_TENSOR_INIT, xd = ENG_TENSOR_INIT, fh = ENG_TENSOR_INIT;
+    double ts[MAX_ITERS];
+    const eng_tensor *logits;
+    CHECK(eng_tensor_alloc4(&xh, batch, 3, size, size));
+    memcpy(xh.data, x, (size_t)eng_tensor_numel(&xh) * sizeof(float));
+    CHECK(eng_ctx_tensor_alloc(ctx, &xd, 4, xh.dim, ENG_LAYOUT_NCHW));
+    CHECK(eng_ctx_upload(ctx, &xd, &xh));
+    CHECK(eng_tensor_alloc_host(&fh, 2, (int64_t[]){batch, eng_model_feature_dim(m)}, ENG_LAYOUT_NCHW));
+    for (int it = 0; it < 1 + o->iters; it++) {
+        const double t0 = now_ms();
+        CHECK(eng_model_forward(m, &xd, &(eng_forward_opts){.mode = ENG_MODE_EVAL}, &logits));
+        CHECK(eng_ctx_download(ctx, &fh, eng_model_features(m)));
+        if (it >= 1)
+            ts[it - 1] = now_ms() - t0;
+    }
+    *ms = median(ts, o->iters);
+out:
+    eng_tensor_cleanup(&fh);
+    eng_ctx_tensor_free(ctx, &xd);
+    eng_tensor_cleanup(&xh);
+    return rc;
+}
+
+static int run_r50_case(const struct r50_case *rc50, const bench_opts *o)
+{
+    int rc = 0;
+    eng_ctx *ctx = NULL;
+    eng_model *source = NULL;
+    r50_state s = {0};
+    float *x = NULL, *z0 = NULL;
+    int32_t *labels = NULL;
+    timing t;
+    host_images hi;
+    const int batch = o->batch > 0 ? o->batch : rc50->batch, size = o->size > 0 ? o->size : 224;
+    const int nbatches = rc50->kind == R50_FEAT ? FEAT_BATCHES : LWF_STEPS;
+    const int64_t n = (int64_t)batch * nbatches, per = 3 * (int64_t)size * size;
+    const int classes = rc50->kind == R50_FEAT ? 1000 : LWF_CLASSES;
+
+    CHECK(ctx_open(&ctx, o, o->conv));
+    eng_model_spec spec = {.arch = "resnet50", .num_classes = 1000, .mean = {0.485f, 0.456f, 0.406f},
+                           .std = {0.229f, 0.224f, 0.225f}};
+    CHECK(eng_model_new(ctx, &spec, &source));
+    CHECK(eng_model_init(source, 42));
+    x = malloc((size_t)n * (size_t)per * sizeof *x);
+    labels = malloc((size_t)n * sizeof *labels);
+    if (!x || !labels) {
+        fprintf(stderr, "bench_rtaas: out of memory for %lld images\n", (long long)n);
+        rc = 1;
+        goto out;
+    }
+    fill_uniform(x, n * per, 1, 0.0f, 1.0f);
+    for (int64_t i = 0; i < n; i++)
+        labels[i] = (int32_t)(eng_hash64(2, (uint64_t)i) % (uint64_t)classes);
+    hi = (host_images){.x = x, .labels = labels, .per = per};
+    s.src = (eng_source){.n = n, .num_classes = classes, .c = 3, .h = size, .w = size, .user = &hi,
+                         .batch = host_batch};
+    s.batch = batch;
+    step_fn step = r50_feat_step;
+    if (rc50->kind == R50_FEAT) {
+        s.m = source;
+    } else {
+        /* untimed: the source's batch-norm statistics and features, then the target: the
+         * source's weights with a fresh classifier for the target's classes, as engine/job.c
+         * builds it */
+        int64_t F = 0;
+        if (calibrate_bn(source, x, n, batch, size) != 0) {
+            rc = 1;
+            goto out;
+        }
+        CHECK(eng_extract_features(source, &s.src, batch, NULL, NULL, &z0, &F));
+        s.z0 = z0;
+        spec.num_classes = LWF_CLASSES;
+        CHECK(eng_model_new(ctx, &spec, &s.m));
+        for (int i = 0; i < eng_model_num_params(s.m); i++) {
+            eng_param *tp = eng_model_param(s.m, i), *sp = eng_model_find(source, tp->name);
+            if (sp && eng_tensor_same_shape(&tp->value, &sp->value))
+                CHECK(eng_copy(ctx, &tp->value, &sp->value));
+        }
+        eng_model_touch(s.m);
+        CHECK(eng_model_init_prefix(s.m, 43, "fc."));
+        eng_model_free(source);
+        source = NULL;
+        eng_train_defaults(&s.topts); /* momentum 0.9, weight decay 5e-4, no schedule */
+        s.topts.epochs = 1;
+        s.topts.batch_size = batch;
+        s.topts.lr = 0.01f;
+        s.topts.seed = 1;
+        step = r50_lwf_step;
+    }
+
+    if (time_steps(o, rc50->name, step, &s, &t) != 0) {
+        rc = 1;
+        goto out;
+    }
+
+    const char *sanity = "ok";
+    char extra[320];
+    if (rc50->kind == R50_FEAT) {
+        /* relu then average pooling: finite, non-negative and not all zero */
+        double sum = 0, asum = 0;
+        bool neg = false;
+        for (int64_t i = 0; i < n * s.F; i++) {
+            sum += s.feats[i];
+            asum += fabs(s.feats[i]);
+            neg |= s.feats[i] < 0;
+        }
+        if (!isfinite(asum) || !(asum > 0) || neg)
+            sanity = "BAD-features";
+        double fwd_ms = NAN;
+        if (r50_forward_only(s.m, x, batch, size, o, &fwd_ms) != 0) {
+            rc = 1;
+            goto out;
+        }
+        snprintf(extra, sizeof extra,
+                 "images=%lld batch=%d size=%d images_per_s=%.1f fwd_ms=%.2f fwd_images_per_s=%.1f feature_dim=%lld "
+                 "checksum=%.6g abssum=%.6g",
+                 (long long)n, batch, size, (double)n / t.med * 1e3, fwd_ms, batch / fwd_ms * 1e3, (long long)s.F,
+                 sum, asum);
+        print_result(rc50->name, ctx, &t, extra, sanity);
+        print_row(rc50->name, o, t.med, (int)n, sanity);
+        printf("rtaas_row %s.fwd %s %.3f %d %s\n", rc50->name, math_name(o->math), fwd_ms, batch, sanity);
+    } else {
+        if (!isfinite(s.loss))
+            sanity = "BAD-loss";
+        const double step_ms = t.med / LWF_STEPS;
+        snprintf(extra, sizeof extra,
+                 "step_ms=%.2f steps_per_call=%d batch=%d size=%d images_per_s=%.1f lambda=%g loss=%.4f acc=%.4f",
+                 step_ms, LWF_STEPS, batch, size, batch / step_ms * 1e3, (double)LWF_LAMBDA, s.loss, s.acc);
+        print_result(rc50->name, ctx, &t, extra, sanity);
+        print_row(rc50->name, o, step_ms, batch, sanity);
+    }
+    if (strncmp(sanity, "BAD", 3) == 0)
+        rc = 1;
+out:
+    free(s.feats);
+    free(x);
+    free(z0);
+    free(labels);
+    eng_model_free(source);
+    if (s.m != source)
+        eng_model_free(s.m);
+    eng_ctx_free(ctx);
     return rc;
 }
 
@@ -770,21 +1099,71 @@ static int run_conv_table(const bench_opts *o)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: bench_rtaas [--conv auto|onednn|gemm] [--threads N] [--warmup W] [--iters I]\n"
-            "                   [--budget-s S] [--verbose] CASE\n"
-            "  --budget-s: stop timing after S seconds once %d iterations are done\n"
+            "usage: bench_rtaas [--device cpu|cuda|cuda:N] [--math fp32|tf32|bf16] [--conv auto|onednn|gemm]\n"
+            "                   [--threads N] [--warmup W] [--iters I] [--batch N] [--size S]\n"
+            "                   [--budget-s S [--min-iters M]] [--verbose] CASE\n"
+            "       bench_rtaas --gpu-info    (prints cuda_devices=N and the build; exit 0)\n"
+            "  --math:     the CUDA math mode (default tf32 on CUDA; the CPU computes in fp32)\n"
+            "  --batch, --size: the case's batch and image size instead of its own (quick checks)\n"
+            "  --budget-s: stop timing after S seconds once M (default %d) iterations are done\n"
             "  --verbose:  every step's time on stderr\n"
             "CASE: resnet50_fwd_b8 resnet50_pgd_step_b8 resnet20_train_b128 smallcnn_train_b128\n"
             "      resnet20_pgd20_b128 resnet50_pgd20_b8 (a whole PGD-20 attack per step)\n"
             "      smallcnn_linear_pipeline (features of 10000 images + 10 epochs of a linear head)\n"
             "      smallcnn_lwf_epoch (one LwF epoch over 10000 images)\n"
-            "      conv_table (ResNet-50 convolutions at batch 8, oneDNN against im2col+GEMM)\n",
-            MIN_ITERS);
+            "      conv_table (ResNet-50 convolutions at batch 8, oneDNN against im2col+GEMM; CPU only)\n"
+            "      bench-gpu, ResNet-50 at 224: resnet50_feat_b256 (features of %d batches of 256 from\n"
+            "      host memory), resnet50_pgd20_b128 (PGD-20 at 4/255), resnet50_lwf_step_b128 (one LwF\n"
+            "      training step, timed over %d)\n"
+            "Exit status: 0 ok, 1 failure, 2 usage, 3 unsupported by this backend or build (the line\n"
+            "\"rtaas_unsupported CASE MESSAGE\" says why).\n",
+            MIN_ITERS, FEAT_BATCHES, LWF_STEPS);
+}
+
+static int parse_math(const char *v, eng_math *m)
+{
+    static const struct {
+        const char *name;
+        eng_math math;
+    } names[] = {
+        {"fp32", ENG_MATH_FP32}, {"tf32", ENG_MATH_TF32}, {"bf16", ENG_MATH_BF16}, {"default", ENG_MATH_DEFAULT}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(v, names[i].name) == 0) {
+            *m = names[i].math;
+            return 0;
+        }
+    return -1;
+}
+
+static int run_case(const char *name, const bench_opts *o)
+{
+    if (strcmp(name, "conv_table") == 0) {
+        if (strcmp(o->device, "cpu") != 0) {
+            fprintf(stderr, "bench_rtaas: conv_table compares the CPU paths; it takes no --device\n");
+            return 2;
+        }
+        return run_conv_table(o);
+    }
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        if (strcmp(name, CASES[i].name) == 0)
+            return run_model_case(&CASES[i], o);
+    for (size_t i = 0; i < sizeof ATTACK_CASES / sizeof ATTACK_CASES[0]; i++)
+        if (strcmp(name, ATTACK_CASES[i].name) == 0)
+            return run_attack_case(&ATTACK_CASES[i], o);
+    for (size_t i = 0; i < sizeof PIPE_CASES / sizeof PIPE_CASES[0]; i++)
+        if (strcmp(name, PIPE_CASES[i].name) == 0)
+            return run_pipe_case(&PIPE_CASES[i], o);
+    for (size_t i = 0; i < sizeof R50_CASES / sizeof R50_CASES[0]; i++)
+        if (strcmp(name, R50_CASES[i].name) == 0)
+            return run_r50_case(&R50_CASES[i], o);
+    usage();
+    return 2;
 }
 
 int main(int argc, char **argv)
 {
-    bench_opts o = {.conv = ENG_CONV_AUTO, .threads = 0, .warmup = 3, .iters = 7};
+    bench_opts o = {
+        .conv = ENG_CONV_AUTO, .device = "cpu", .threads = 0, .warmup = 3, .iters = 7, .min_iters = MIN_ITERS};
     const char *name = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -800,16 +1179,32 @@ int main(int argc, char **argv)
                 usage();
                 return 2;
             }
+        } else if (i + 1 < argc && strcmp(a, "--device") == 0) {
+            o.device = argv[++i];
+        } else if (i + 1 < argc && strcmp(a, "--math") == 0) {
+            if (parse_math(argv[++i], &o.math) != 0) {
+                usage();
+                return 2;
+            }
         } else if (i + 1 < argc && strcmp(a, "--threads") == 0) {
             o.threads = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--warmup") == 0) {
             o.warmup = atoi(argv[++i]);
         } else if (i + 1 < argc && strcmp(a, "--iters") == 0) {
             o.iters = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--batch") == 0) {
+            o.batch = atoi(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--size") == 0) {
+            o.size = atoi(argv[++i]);
         } else if (strcmp(a, "--verbose") == 0) {
             o.verbose = 1;
         } else if (i + 1 < argc && strcmp(a, "--budget-s") == 0) {
             o.budget_s = atof(argv[++i]);
+        } else if (i + 1 < argc && strcmp(a, "--min-iters") == 0) {
+            o.min_iters = atoi(argv[++i]);
+        } else if (strcmp(a, "--gpu-info") == 0) {
+            printf("cuda_devices=%d build=%s\n", eng_cuda_device_count(), eng_build_info());
+            return 0;
         } else if (a[0] != '-' && !name) {
             name = a;
         } else {
@@ -817,21 +1212,17 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!name || o.threads < 0 || o.warmup < 0 || o.iters < 1 || o.iters > MAX_ITERS) {
+    /* batch >= 2: training batch norm and the LwF loop need two examples; size >= 32: ResNet-50
+     * downsamples 32 times */
+    if (!name || o.threads < 0 || o.warmup < 0 || o.iters < 1 || o.iters > MAX_ITERS || o.min_iters < 1 ||
+        o.batch < 0 || o.batch == 1 || o.batch > 4096 || o.size < 0 || (o.size > 0 && o.size < 32) || o.size > 1024) {
         usage();
         return 2;
     }
-    if (strcmp(name, "conv_table") == 0)
-        return run_conv_table(&o);
-    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
-        if (strcmp(name, CASES[i].name) == 0)
-            return run_model_case(&CASES[i], &o);
-    for (size_t i = 0; i < sizeof ATTACK_CASES / sizeof ATTACK_CASES[0]; i++)
-        if (strcmp(name, ATTACK_CASES[i].name) == 0)
-            return run_attack_case(&ATTACK_CASES[i], &o);
-    for (size_t i = 0; i < sizeof PIPE_CASES / sizeof PIPE_CASES[0]; i++)
-        if (strcmp(name, PIPE_CASES[i].name) == 0)
-            return run_pipe_case(&PIPE_CASES[i], &o);
-    usage();
-    return 2;
+    int rc = run_case(name, &o);
+    if (rc == 1 && first_failure == ENG_ERR_UNSUPPORTED) {
+        printf("rtaas_unsupported %s %s\n", name, first_message);
+        return 3;
+    }
+    return rc;
 }

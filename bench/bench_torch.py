@@ -1,15 +1,27 @@
 #!/usr/bin/python3
-# The PyTorch side of `make bench`: the same cases as bench_rtaas.c, timed with PyTorch's
-# best CPU settings (see /work/shared/BENCH.md), in NCHW and channels_last. The attack and
-# transfer cases are written as a PyTorch user would write them; one step is one whole attack,
-# pipeline or epoch, as on the rtaas side.
+# The PyTorch side of `make bench` and `make bench-gpu`: the same cases as bench_rtaas.c, timed
+# with PyTorch's best settings. On the CPU (see /work/shared/BENCH.md) in NCHW and
+# channels_last; on CUDA in channels_last with cudnn.benchmark on, TF32 allowed for tf32 rows
+# and torch.autocast(bfloat16) for bf16 rows. The attack and transfer cases are written as a
+# PyTorch user would write them; one step is one whole attack, pipeline or epoch (or, for
+# resnet50_lwf_step_b128, one training step), as on the rtaas side.
 #
 # Usage: bench_torch.py --case NAME --threads N [--warmup W] [--iters I] [--format both|nchw|cl]
 # Prints one "torch <case> <format> median_ms=<ms> ..." line per format, then
 # "torch_best <case> <format> <ms> <others_cpu_pct>" for the faster one; others_cpu_pct is the
 # share of the machine that other processes used while it was timed. Run it under
 # OPENBLAS_NUM_THREADS=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 (bench/run does).
+#
+# bench-gpu (bench/gpu): bench_torch.py --device cuda:0 [--peak tf32,bf16] [--case A,B]
+#   [--math tf32,bf16] [--batch N] [--size S] [--warmup W] [--iters I]
+# --peak measures the matrix-multiply peak first ("torch_peak <math> <TFLOP/s>": the median of
+# 10 products of two random PEAK_N x PEAK_N matrices, in float32 with TF32 allowed, bfloat16, or
+# float32 without TF32 for fp32). Each case and math mode then prints "torch <case> <math> ..."
+# and "torch_row <case> <math> <ms per step> <images per step> <sanity>", or
+# "torch_error <case> <math> <message>" and goes on with the next. A step's time ends with
+# torch.cuda.synchronize(). --device cpu runs the same code on the CPU (to check it here).
 import argparse
+import contextlib
 import copy
 import os
 import resource
@@ -117,8 +129,29 @@ class SmallCNN(nn.Module):
         return self.classify(self.features(x))
 
 
+class ResNet50(torchvision.models.ResNet):
+    """torchvision's ResNet-50 (the same modules, names and initialisation as
+    torchvision.models.resnet50()) with the features/classify split of the transfer cases."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+
+    def features(self, x):
+        """The penultimate features: 2048 values after global average pooling."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def classify(self, z):
+        return self.fc(z)
+
+
 def resnet50():
     return Normalized(torchvision.models.resnet50(), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resnet50_split():
+    return Normalized(ResNet50(), IMAGENET_MEAN, IMAGENET_STD)
 
 
 def torchvision_init(model):
@@ -157,16 +190,31 @@ CASES = {
     "smallcnn_lwf_epoch": (smallcnn, 10000, 1, 28, 10, "lwf"),
 }
 
+# bench-gpu: ResNet-50 at 224 (bench_rtaas.c's R50_CASES and resnet50_pgd20_b128). The batch
+# (--batch) and size (--size) can be overridden; a step of the feature case covers FEAT_BATCHES
+# batches, the LwF case is timed over LWF_STEPS training steps and reported per step.
+GPU_CASES = {
+    "resnet50_feat_b256": (256, "feat"),
+    "resnet50_pgd20_b128": (128, "pgd20"),
+    "resnet50_lwf_step_b128": (128, "lwf_step"),
+}
+FEAT_BATCHES, LWF_STEPS, LWF_CLASSES, BN_CALIBRATION = 4, 8, 10, 10
+GPU_PGD_EPS = 4 / 255
+GPU_PGD_ALPHA = max(2.5 * GPU_PGD_EPS / 20, GPU_PGD_EPS / 4)  # eng_attack_defaults' step: 1/255
+PEAK_N = 8192
+
 PGD_STEPS, PGD_EPS, PGD_ALPHA = 20, 8 / 255, 2 / 255
 FEATURE_BATCH, BATCH, LINEAR_EPOCHS, LWF_LAMBDA = 256, 128, 10, 0.01
 
 
-def pgd(model, x, y, eps, alpha, steps, gen):
-    """l_inf PGD with a random start on the summed cross-entropy; returns the last iterate."""
+def pgd(model, x, y, eps, alpha, steps, gen, amp=contextlib.nullcontext):
+    """l_inf PGD with a random start on the summed cross-entropy; returns the last iterate.
+    amp: the context the forward and the loss run in (autocast for bf16 rows)."""
     xa = (x + torch.empty_like(x).uniform_(-eps, eps, generator=gen)).clamp(0, 1)
     for _ in range(steps):
         xa.requires_grad_(True)
-        loss = F.cross_entropy(model(xa), y, reduction="sum")
+        with amp():
+            loss = F.cross_entropy(model(xa), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, xa)
         xa = xa.detach() + alpha * grad.sign()
         xa = torch.min(torch.max(xa, x - eps), x + eps).clamp(0, 1)
@@ -179,23 +227,23 @@ def extract_features(model, x):
         return torch.cat([model.features(x[i:i + FEATURE_BATCH]) for i in range(0, x.shape[0], FEATURE_BATCH)])
 
 
-def train_epoch(opt, y, gen, loss_fn):
-    """One epoch of shuffled batches of BATCH (the last incomplete one dropped); loss_fn(idx)
-    gives (loss, logits) of the examples idx. Returns the mean loss and the accuracy, tracked
-    every step as a training loop does (and as rtaas's loop does)."""
+def train_epoch(opt, y, gen, loss_fn, batch=BATCH):
+    """One epoch of shuffled batches (the last incomplete one dropped); loss_fn(idx) gives
+    (loss, logits) of the examples idx (a CPU index tensor). Returns the mean loss and the
+    accuracy, tracked every step as a training loop does (and as rtaas's loop does)."""
     n = y.shape[0]
     perm = torch.randperm(n, generator=gen)
     loss_sum, correct, seen = 0.0, 0, 0
-    for b in range(n // BATCH):
-        idx = perm[b * BATCH:(b + 1) * BATCH]
+    for b in range(n // batch):
+        idx = perm[b * batch:(b + 1) * batch]
         opt.zero_grad(set_to_none=True)
         loss, logits = loss_fn(idx)
         loss.backward()
         opt.step()
         loss_sum += loss.item()
         correct += (logits.argmax(1) == y[idx]).sum().item()
-        seen += BATCH
-    return loss_sum / (n // BATCH), correct / seen
+        seen += batch
+    return loss_sum / (n // batch), correct / seen
 
 
 def make_step(case, fmt):
@@ -328,6 +376,289 @@ def make_step(case, fmt):
     return step, lambda iters: ""
 
 
+# ---- bench-gpu: ResNet-50 at 224 on a CUDA device ----
+
+
+def set_math(dev, math):
+    """cudnn.benchmark on; TF32 for float32 convolutions and products except on fp32 rows (bf16
+    rows keep it for what autocast leaves in float32)."""
+    if dev.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    tf32 = math != "fp32"
+    prec = "tf32" if tf32 else "ieee"
+    try:  # PyTorch 2.9 on; the allow_tf32 flags are deprecated there
+        torch.backends.cuda.matmul.fp32_precision = prec
+    except (AttributeError, RuntimeError):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        torch.backends.cudnn.conv.fp32_precision = prec
+    except (AttributeError, RuntimeError):
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def math_flags(dev):
+    """What set_math left in force, read back, for the log."""
+    if dev.type != "cuda":
+        return "cpu"
+    m = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    c = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+    if m is None:
+        m = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if c is None:
+        c = "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return f"matmul={m},conv={c},cudnn_benchmark={int(torch.backends.cudnn.benchmark)}"
+
+
+def amp_for(dev, math):
+    """The context a bf16 row's forward and loss run in: autocast to bfloat16."""
+    if math == "bf16":
+        return lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def fused_sgd(params, dev, **kw):
+    """SGD with the fused CUDA kernel where this PyTorch has it (its fastest), else foreach."""
+    if dev.type == "cuda":
+        try:
+            return torch.optim.SGD(params, fused=True, **kw)
+        except (TypeError, RuntimeError, ValueError):
+            pass
+    return torch.optim.SGD(params, **kw)
+
+
+def make_gpu_step(case, math, dev, batch, size):
+    """The case's step as a dict: step() (the caller synchronizes after it), summary() ->
+    (text, sanity), images (per reported step), per (timed calls are divided by this) and
+    extra: (suffix, fn, images) rows timed after the case."""
+    b0, kind = GPU_CASES[case]
+    B, S = batch or b0, size or 224
+    amp = amp_for(dev, math)
+    cl = torch.channels_last
+    pinned = dev.type == "cuda"
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+
+    def host_data(n, classes):
+        """n images in host memory, pinned for asynchronous copies as a DataLoader would pin them."""
+        x = torch.rand(n, 3, S, S, generator=gen)
+        y = torch.randint(0, classes, (n,), generator=gen)
+        return (x.pin_memory() if pinned else x), y
+
+    def to_dev(xb):
+        return xb.to(dev, non_blocking=True).contiguous(memory_format=cl)
+
+    if kind == "feat":
+        # the features of n images in batches of B, from host memory into host memory
+        n = FEAT_BATCHES * B
+        x, _ = host_data(n, 1000)
+        model = resnet50_split().to(dev, memory_format=cl).eval()
+        last = {}
+
+        def step():
+            with torch.inference_mode(), amp():
+                feats = [model.features(to_dev(x[i:i + B])).float() for i in range(0, n, B)]
+            last["feats"] = torch.cat(feats).cpu()
+
+        xd = to_dev(x[:B])
+
+        def forward_only():
+            with torch.inference_mode(), amp():
+                return model.features(xd).float().cpu()
+
+        def summary():
+            f = last["feats"]
+            ok = bool(torch.isfinite(f).all()) and f.min().item() >= 0 and f.abs().sum().item() > 0
+            return (f"batch={B} size={S} feature_dim={f.shape[1]} checksum={f.sum().item():.6g}",
+                    "ok" if ok else "BAD-features")
+
+        return dict(step=step, summary=summary, images=n, per=1, extra=[("fwd", forward_only, B)])
+
+    if kind == "pgd20":
+        x, y = host_data(B, 1000)
+        model = resnet50().to(dev, memory_format=cl).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        x, y = to_dev(x), y.to(dev)
+        with torch.no_grad(), amp():
+            logits = model(x).float()
+        clean_acc = (logits.argmax(1) == y).float().mean().item()
+        clean_loss = F.cross_entropy(logits, y).item()
+        agen = torch.Generator(device=dev).manual_seed(7)
+        last = {}
+
+        def step():
+            # the attack and what eng_attack_run also returns: fooled and the loss per example
+            xa = pgd(model, x, y, GPU_PGD_EPS, GPU_PGD_ALPHA, PGD_STEPS, agen, amp)
+            with torch.no_grad(), amp():
+                logits = model(xa).float()
+            last["xa"] = xa
+            last["fooled"] = (logits.argmax(1) != y).cpu()
+            last["loss"] = F.cross_entropy(logits, y, reduction="none").cpu()
+
+        def summary():
+            d = last["xa"] - x
+            linf = d.abs().max().item()
+            adv_loss = last["loss"].mean().item()
+            inside = linf <= GPU_PGD_EPS + 1e-6 and last["xa"].min().item() >= 0 and last["xa"].max().item() <= 1
+            sanity = "ok" if inside else "BAD-outside-the-eps-ball"
+            if inside and not adv_loss > clean_loss:
+                sanity = "BAD-loss-did-not-rise"
+            return (f"attack=pgd{PGD_STEPS} eps={GPU_PGD_EPS * 255:.3g}/255 alpha={GPU_PGD_ALPHA * 255:.3g}/255 "
+                    f"batch={B} size={S} clean_acc={clean_acc:.4f} "
+                    f"adv_acc={1 - last['fooled'].float().mean().item():.4f} clean_loss={clean_loss:.4f} "
+                    f"adv_loss={adv_loss:.4f} linf={linf:.5f}", sanity)
+
+        return dict(step=step, summary=summary, images=B, per=1, extra=[])
+
+    # lwf_step: LWF_STEPS steps of batch B over n images read from host memory
+    n = LWF_STEPS * B
+    x, y = host_data(n, LWF_CLASSES)
+    y = y.to(dev)
+    source = resnet50_split().to(dev, memory_format=cl)
+    # untimed: the source's batch-norm statistics (bench_rtaas.c's calibrate_bn says why), its
+    # features z0, then the target: its weights with a fresh classifier, batch norm frozen
+    source.train()
+    with torch.no_grad(), amp():
+        for k in range(BN_CALIBRATION):
+            first = k * B % (n - n % B)
+            source(to_dev(x[first:first + B]))
+    source.eval()
+    with torch.no_grad(), amp():
+        z0 = torch.cat([source.features(to_dev(x[i:i + B])).float() for i in range(0, n, B)])
+    target = copy.deepcopy(source)
+    del source
+    target.net.fc = nn.Linear(target.net.fc.in_features, LWF_CLASSES).to(dev)
+    target.train()
+    for m in target.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+    opt = fused_sgd([p for p in target.parameters() if p.requires_grad], dev, lr=0.01, momentum=0.9,
+                    weight_decay=5e-4)
+    # two pinned staging batches, used in turn: each step's loss.item() has waited for the copy
+    # out of the one the next step but one refills
+    stage = [torch.empty((B, 3, S, S)).pin_memory() for _ in range(2)] if pinned else None
+    count = [0]
+    last = {}
+
+    def loss_fn(idx):
+        if stage:
+            buf = stage[count[0] % 2]
+            count[0] += 1
+            xb = to_dev(torch.index_select(x, 0, idx, out=buf))
+        else:
+            xb = to_dev(x[idx])
+        didx = idx.to(dev)
+        with amp():
+            z, logits = target.features_and_logits(xb)
+            dist = (z.float() - z0[didx]).norm(dim=1).mean()
+            loss = F.cross_entropy(logits.float(), y[didx]) + LWF_LAMBDA * dist
+        return loss, logits
+
+    def step():
+        last["epoch"] = train_epoch(opt, y, gen, loss_fn, B)
+
+    def summary():
+        loss, acc = last["epoch"]
+        return (f"steps_per_call={LWF_STEPS} batch={B} size={S} lambda={LWF_LAMBDA:g} loss={loss:.4f} acc={acc:.4f}",
+                "ok" if finite(loss) else "BAD-loss")
+
+    return dict(step=step, summary=summary, images=B, per=LWF_STEPS, extra=[])
+
+
+def finite(v):
+    return v == v and v not in (float("inf"), float("-inf"))
+
+
+def timed(fn, dev, warmup, iters):
+    """Times of iters calls of fn after warmup ones, each ending with a device synchronisation."""
+    for _ in range(warmup):
+        fn()
+        sync(dev)
+    ts = []
+    for _ in range(iters):
+        sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return ts
+
+
+def run_gpu_case(case, math, dev, a):
+    set_math(dev, math)
+    c = make_gpu_step(case, math, dev, a.batch, a.size)
+    ts = [t / c["per"] for t in timed(c["step"], dev, a.warmup, a.iters)]
+    med = statistics.median(ts)
+    text, sanity = c["summary"]()
+    print(f"torch {case} {math} median_ms={med:.2f} min_ms={min(ts):.2f} max_ms={max(ts):.2f} iters={len(ts)} "
+          f"images={c['images']} images_per_s={c['images'] / med * 1e3:.1f} {text} flags={math_flags(dev)} "
+          f"sanity={sanity}", flush=True)
+    print(f"torch_row {case} {math} {med:.3f} {c['images']} {sanity}", flush=True)
+    for suffix, fn, images in c["extra"]:
+        m = statistics.median(timed(fn, dev, 1, a.iters))
+        print(f"torch_row {case}.{suffix} {math} {m:.3f} {images} {sanity}", flush=True)
+    return sanity == "ok"
+
+
+def matmul_peak(dev, math, n):
+    """TFLOP/s of an n x n x n product of random matrices in the math mode's precision: the
+    median of 10 after 3 warm-up products, each timed with CUDA events."""
+    set_math(dev, math)
+    dtype = torch.bfloat16 if math == "bf16" else torch.float32
+    g = torch.Generator(device=dev).manual_seed(3)
+    a = torch.randn(n, n, device=dev, generator=g).to(dtype)
+    b = torch.randn(n, n, device=dev, generator=g).to(dtype)
+    for _ in range(3):
+        a @ b
+    sync(dev)
+    ts = []
+    for _ in range(10):
+        if dev.type == "cuda":
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            a @ b
+            e1.record()
+            e1.synchronize()
+            ts.append(e0.elapsed_time(e1))
+        else:
+            t0 = time.perf_counter()
+            a @ b
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return 2.0 * n**3 / (statistics.median(ts) * 1e-3) / 1e12
+
+
+def gpu_main(a, cases):
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            print(f"torch_nogpu torch {torch.__version__} sees no CUDA device", flush=True)
+            return 3
+        print(f"torch_device {torch.cuda.get_device_name(dev)} | torch {torch.__version__} | CUDA {torch.version.cuda} "
+              f"| cuDNN {torch.backends.cudnn.version()}", flush=True)
+    ok = True
+    for math in filter(None, a.peak.split(",")):
+        print(f"torch_peak {math} {matmul_peak(dev, math, a.peak_n):.4g} n={a.peak_n}", flush=True)
+    for case in cases:
+        for math in a.math.split(","):
+            try:
+                ok &= run_gpu_case(case, math, dev, a)
+            except Exception as e:  # one failing row must not lose the others
+                msg = " ".join(str(e).split())[:300]
+                print(f"torch_error {case} {math} {type(e).__name__}: {msg}", flush=True)
+                ok = False
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return 0 if ok else 1
+
+
 def cpu_mark():
     """(machine busy, machine total, this process) CPU seconds so far: the machine is shared."""
     with open("/proc/stat") as f:
@@ -359,13 +690,32 @@ def time_case(case, fmt, warmup, iters):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", required=True, choices=sorted(CASES))
-    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--case", default="", help="a case, or for the GPU cases a comma-separated list")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (required for the CPU cases)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=7)
     ap.add_argument("--format", default="both", choices=("both", "nchw", "cl"))
+    ap.add_argument("--device", default="cpu", help="GPU cases: cpu or cuda[:N]")
+    ap.add_argument("--math", default="tf32", help="GPU cases: comma-separated fp32, tf32, bf16")
+    ap.add_argument("--batch", type=int, default=0, help="GPU cases: batch instead of the case's")
+    ap.add_argument("--size", type=int, default=0, help="GPU cases: image size instead of 224")
+    ap.add_argument("--peak", default="", help="comma-separated maths whose matmul peak to measure first")
+    ap.add_argument("--peak-n", type=int, default=PEAK_N)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    cases = [c for c in a.case.split(",") if c]
+    bad = [c for c in cases if c not in CASES and c not in GPU_CASES]
+    bad_math = [m for m in a.math.split(",") + [m for m in a.peak.split(",") if m] if m not in ("fp32", "tf32", "bf16")]
+    if bad or bad_math or (not cases and not a.peak):
+        ap.error(f"unknown case or math {bad + bad_math} (cases: {' '.join(sorted(CASES) + sorted(GPU_CASES))})")
+    if a.peak or all(c in GPU_CASES for c in cases):
+        if not all(c in GPU_CASES for c in cases):
+            ap.error("--peak goes with the GPU cases only")
+        return gpu_main(a, cases)
+    if len(cases) != 1 or a.threads < 1:
+        ap.error("a CPU case runs alone and needs --threads")
+    a.case = cases[0]
     fmts = ("nchw", "cl") if a.format == "both" else (a.format,)
     best = None
     for fmt in fmts:
