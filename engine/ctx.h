@@ -19,7 +19,8 @@ typedef enum {
     ENG_MATH_DEFAULT = 0, /* TF32 on CUDA, FP32 on the CPU */
     ENG_MATH_FP32,
     ENG_MATH_TF32,
-    ENG_MATH_BF16,
+    ENG_MATH_BF16,        /* CUDA: convolutions and GEMMs on bfloat16-rounded inputs, FP32 accumulation;
+                             everything else FP32; needs compute capability 8.0 or newer */
 } eng_math;
 
 typedef struct eng_ctx_opts {

@@ -305,12 +305,19 @@ static eng_status impl_create(eng_ctx *ctx, cu_impl *im)
     CU_TRY(cu_check(cudaSetDevice(im->device), "cudaSetDevice"));
     cudaDeviceProp prop;
     CU_TRY(cu_check(cudaGetDeviceProperties(&prop, im->device), "cudaGetDeviceProperties"));
+    /* bfloat16 tensor-core GEMMs and cuDNN's pseudo-bfloat16 convolutions start with Ampere */
+    if (ctx->opts.math == ENG_MATH_BF16 && prop.major < 8)
+        return eng_fail(ENG_ERR_UNSUPPORTED,
+                        "cuda: BF16 math needs compute capability 8.0 or newer (%.40s is %d.%d); use fp32 or tf32",
+                        prop.name, prop.major, prop.minor);
     CU_TRY(cu_check(cudaStreamCreateWithFlags(&im->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
     CU_TRY(cu_dnn(cudnnCreate(&im->dnn), "cudnnCreate"));
     CU_TRY(cu_dnn(cudnnSetStream(im->dnn, im->stream), "cudnnSetStream"));
     CU_TRY(cu_blas(cublasCreate(&im->blas), "cublasCreate"));
     CU_TRY(cu_blas(cublasSetStream(im->blas, im->stream), "cublasSetStream"));
-    /* FP32 keeps every product in full precision; TF32 lets tensor cores round inputs. */
+    /* FP32 keeps every product in full precision; TF32 lets tensor cores round inputs. BF16
+     * runs its GEMMs through cublasGemmEx on bfloat16 copies (conv_cuda.cu), where the types
+     * say what is rounded, so the handle keeps the default. */
     CU_TRY(cu_blas(cublasSetMathMode(im->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                    "cublasSetMathMode"));
     CU_TRY(cu_dnn(cudnnCreateTensorDescriptor(&im->xd), "cudnnCreateTensorDescriptor"));
@@ -340,9 +347,7 @@ static eng_status cu_init(eng_ctx *ctx)
         return eng_fail(ENG_ERR_UNSUPPORTED, "cuda: no GPU (no CUDA device found)");
     if (ctx->device_index < 0 || ctx->device_index >= n)
         return eng_fail(ENG_ERR_UNSUPPORTED, "cuda: no GPU (device %d asked for, %d present)", ctx->device_index, n);
-    if (ctx->opts.math == ENG_MATH_BF16)
-        return eng_fail(ENG_ERR_UNSUPPORTED, "cuda: BF16 math is not implemented yet (use fp32 or tf32)");
-    if (ctx->opts.math != ENG_MATH_FP32 && ctx->opts.math != ENG_MATH_TF32)
+    if (ctx->opts.math != ENG_MATH_FP32 && ctx->opts.math != ENG_MATH_TF32 && ctx->opts.math != ENG_MATH_BF16)
         return eng_fail(ENG_ERR_ARG, "cuda: unknown math mode %d", (int)ctx->opts.math);
     cu_impl *im = (cu_impl *)calloc(1, sizeof *im);
     if (!im)

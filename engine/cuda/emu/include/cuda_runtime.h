@@ -23,6 +23,7 @@ typedef struct CUstream_st *cudaStream_t;
 #define cudaStreamNonBlocking 1
 struct cudaDeviceProp {
     char name[256];
+    int major, minor; /* compute capability: 9.0 (an H100), or CUEMU_CC="major.minor" */
 };
 const char *cudaGetErrorString(cudaError_t e);
 cudaError_t cudaGetLastError(void);
