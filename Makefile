@@ -77,15 +77,54 @@ $(B)/embed.o: $(B)/embed.c server/embed.h
 $(B)/rtaas: $(SERVER_OBJ) $(B)/librtengine.a
 	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ $(SERVER_OBJ) $(B)/librtengine.a $(LDLIBS) $(SERVER_LIBS)
 
-# The rest of the targets live beside what they build; the rules (recipes) are in:
-#   tests/tests.mk       fuzz, fuzz-build (and the test binaries)
-#   bench/bench.mk       bench, bench-gpu, bench-service
-#   engine/cuda/cuda.mk  test-gpu, cuda-check, cuda-emu
+# Rules for the files these targets build live beside them: tests/tests.mk (test binaries,
+# fuzzers), bench/bench.mk (bench_rtaas), engine/cuda/cuda.mk (CUDA objects, the emulation).
 include tests/tests.mk
 include bench/bench.mk
 include engine/cuda/cuda.mk
+
 .PHONY: fuzz bench bench-gpu bench-service test-gpu cuda-check cuda-emu
-fuzz bench bench-gpu bench-service test-gpu cuda-check cuda-emu:
+
+# libFuzzer targets, FUZZ_SECONDS each, corpora in build/fuzz, seeds in tests/fuzz/seeds
+fuzz: $(FUZZ_BIN)
+	@for f in $(FUZZ_BIN); do \
+	  n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/seeds/$$n || exit 1; \
+	done
+
+bench: all $(B)/bench/bench_rtaas
+	@bench/run
+
+bench-gpu: $(B)/bench/bench_rtaas
+	@bench/gpu
+
+bench-service: $(B)/rtaas
+	@bench/service
+
+# the CUDA backend on the CPU emulation (no nvcc, no GPU): the suite make test runs
+cuda-emu:
+	@tests/suites/cuda_emu.sh
+
+ifneq ($(CUDA_OBJ),)
+cuda-check: $(CUDA_OBJ)
+	@echo "cuda-check: $(words $(CUDA_OBJ)) CUDA objects compiled"
+
+# on a GPU: CPU against CUDA on every op and whole models, then memcheck on the small cases
+test-gpu: $(B)/tests/test_cuda
+	$(B)/tests/test_cuda
+	@if [ -n "$(COMPUTE_SANITIZER)" ]; then \
+	  echo "$(COMPUTE_SANITIZER) --tool memcheck $(B)/tests/test_cuda --small"; \
+	  $(COMPUTE_SANITIZER) --tool memcheck --error-exitcode 1 $(B)/tests/test_cuda --small; \
+	else \
+	  echo "test-gpu: no compute-sanitizer under $(CUDA_HOME)/bin: memcheck run skipped"; \
+	fi
+else
+cuda-check:
+	@echo "cuda-check: this build has no CUDA backend (it needs nvcc and cuDNN under CUDA_HOME=$(CUDA_HOME))"; exit 1
+test-gpu:
+	@echo "test-gpu: this build has no CUDA backend (it needs nvcc and cuDNN under CUDA_HOME=$(CUDA_HOME))"; exit 1
+endif
 
 deps:
 	@tools/deps

@@ -14,19 +14,10 @@ $(B)/bench/bench_rtaas: bench/bench_rtaas.c $(B)/librtengine.a $(wildcard engine
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(XCFLAGS) -o $@ bench/bench_rtaas.c $(B)/librtengine.a $(LDLIBS)
 
-bench: all $(B)/bench/bench_rtaas
-	@bench/run
-
 # `make bench-gpu`: rtaas against PyTorch on a CUDA GPU (bench/gpu): ResNet-50 at 224, feature
 # extraction (batch 256), PGD-20 (batch 128) and one LwF training step (batch 128), in TF32 and
 # BF16, with images/s, the ratio and the share of the measured matmul peak; the table goes to
 # build/bench/gpu-latest.txt. Without a GPU it prints "bench-gpu: skipped: no GPU (...)".
 #   BENCH_MATHS=tf32 BENCH_CASES=resnet50_pgd20_b128 make bench-gpu
-.PHONY: bench-gpu
-bench-gpu: $(B)/bench/bench_rtaas
-	@bench/gpu
-
 # `make bench-service`: the REST API under wrk, and upload throughput against cp (bench/service).
-.PHONY: bench-service
-bench-service: $(B)/rtaas
-	@bench/service
+# The three targets themselves are in the Makefile.

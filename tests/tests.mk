@@ -37,14 +37,8 @@ $(B)/fuzz/%: tests/fuzz/%.c $(FUZZ_ENGINE) $(wildcard engine/*.c engine/*.h test
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(FUZZ_ENGINE) $(FUZZ_DEPS_$*) $(FUZZ_LIBS_$*) -ljansson -lm
 
-.PHONY: fuzz fuzz-build
+.PHONY: fuzz-build
 fuzz-build: $(FUZZ_BIN)
-fuzz: $(FUZZ_BIN)
-	@for f in $(FUZZ_BIN); do \
-	  n=$$(basename $$f); mkdir -p $(B)/fuzz/corpus-$$n; \
-	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus-$$n tests/fuzz/seeds/$$n || exit 1; \
-	done
 
 # PyTorch parity checker: tests/suites/parity.sh runs it on the references that
 # tests/parity/gen_ref.py writes. Not named test_*, so tests/run never calls it bare.

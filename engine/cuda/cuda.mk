@@ -1,32 +1,18 @@
-# Targets of the CUDA backend (included by the Makefile):
+# The CUDA backend's files: its objects, and its sources built against the CPU emulation. The
+# targets (in the Makefile):
 #   make cuda-check  compile the CUDA objects only: needs nvcc and cuDNN, not a GPU
 #   make test-gpu    build and run build/tests/test_cuda (CPU against CUDA on every op and on
 #                    whole models), then once more under compute-sanitizer memcheck with
 #                    --small (small cases only) when $(CUDA_HOME)/bin has it
 #   make cuda-emu    no nvcc, no GPU: compile the CUDA sources as C++ against the CPU emulation
-#                    in engine/cuda/emu and run test_cuda on it (a check of the backend's logic,
-#                    indexing, layouts and cuDNN/cuBLAS calls; not of real GPU numerics or speed)
+#                    in engine/cuda/emu and run tests/suites/cuda_emu.sh: test_cuda on it (a check
+#                    of the backend's logic, indexing, layouts and cuDNN/cuBLAS calls; not of real
+#                    GPU numerics or speed), and test_job's out-of-memory retry
 
 COMPUTE_SANITIZER ?= $(firstword $(wildcard $(CUDA_HOME)/bin/compute-sanitizer) \
                        $(shell command -v compute-sanitizer 2>/dev/null))
 
-.PHONY: cuda-check test-gpu cuda-emu
-ifneq ($(CUDA_OBJ),)
-cuda-check: $(CUDA_OBJ)
-	@echo "cuda-check: $(words $(CUDA_OBJ)) CUDA objects compiled"
-
-test-gpu: $(B)/tests/test_cuda
-	$(B)/tests/test_cuda
-	@if [ -n "$(COMPUTE_SANITIZER)" ]; then \
-	  echo "$(COMPUTE_SANITIZER) --tool memcheck $(B)/tests/test_cuda --small"; \
-	  $(COMPUTE_SANITIZER) --tool memcheck --error-exitcode 1 $(B)/tests/test_cuda --small; \
-	else \
-	  echo "test-gpu: no compute-sanitizer under $(CUDA_HOME)/bin: memcheck run skipped"; \
-	fi
-else
-cuda-check test-gpu:
-	@echo "$@: this build has no CUDA backend (it needs nvcc and cuDNN under CUDA_HOME=$(CUDA_HOME))"; exit 1
-endif
+# cuda-check, test-gpu and cuda-emu themselves are in the Makefile.
 
 # ctx.c and info.c compile differently with and without RTAAS_HAVE_CUDA; a stamp named after
 # the current choice makes them rebuild when it changes (else a stale info.o still defines
@@ -70,11 +56,6 @@ $(EMU_B)/%.o: %.c $(EMU_HDR)
 
 $(EMU_B)/test_cuda: tests/unit/test_cuda.c tests/t.h $(EMU_OBJ)
 	$(CC) $(CFLAGS) $(XCFLAGS) -DRTAAS_HAVE_CUDA -Itests -o $@ $< $(EMU_OBJ) $(LDLIBS) -lstdc++
-
-cuda-emu: $(EMU_B)/test_cuda $(EMU_B)/test_job
-	$(EMU_B)/test_cuda --small
-	CUEMU_NHWC_UNSUPPORTED=1 CUEMU_FUSE_UNSUPPORTED=1 $(EMU_B)/test_cuda --small
-	$(EMU_B)/test_job
 
 # The job test against the emulation: an emulated card too small for the batches asked runs the
 # job-level out-of-memory retry (tests/unit/test_job.c, job_oom_retry).
