@@ -313,7 +313,7 @@ static json_t *to_engine(rt_app *app, db_conn *c, const char *tenant, const char
         return NULL;
     }
     static const char *const copy[] = {"method", "params", "eval", "seed", "math"};
-    for (int i = 0; i < 5; i++)
+    for (size_t i = 0; i < sizeof copy / sizeof *copy; i++)
         if (json_object_get(spec, copy[i]))
             json_object_set(e, copy[i], json_object_get(spec, copy[i]));
     /* the engine's own parser has the last word on params and eval */

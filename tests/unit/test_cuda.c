@@ -36,22 +36,17 @@ static char no_bf16[300] = "no BF16 context";
 
 static const char *mode_of(const eng_ctx *g) { return g == gpu ? "fp32" : g == gpu_tf32 ? "tf32" : "bf16"; }
 
+/* Leaves the case as skipped, with the reason, unless ok. */
+#define SKIP_UNLESS(ok, why)                                                                                           \
+    do {                                                                                                               \
+        if (!(ok)) {                                                                                                   \
+            t_skip("%s", why);                                                                                         \
+            return;                                                                                                    \
+        }                                                                                                              \
+    } while (0)
+#define NEED_GPU() SKIP_UNLESS(have_gpu, no_gpu)
 /* Cases on the BF16 context skip (with the reason) on GPUs older than Ampere. */
-#define NEED_BF16()                                                                                                    \
-    do {                                                                                                               \
-        if (!gpu_bf16) {                                                                                               \
-            t_skip("%s", no_bf16);                                                                                     \
-            return;                                                                                                    \
-        }                                                                                                              \
-    } while (0)
-
-#define NEED_GPU()                                                                                                     \
-    do {                                                                                                               \
-        if (!have_gpu) {                                                                                               \
-            t_skip("%s", no_gpu);                                                                                      \
-            return;                                                                                                    \
-        }                                                                                                              \
-    } while (0)
+#define NEED_BF16() SKIP_UNLESS(gpu_bf16, no_bf16)
 
 /* Whether the "GPU" is the CPU emulation of engine/cuda/emu (make cuda-emu), which names its
  * device so. */
