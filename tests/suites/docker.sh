@@ -5,7 +5,8 @@
 # reservation, the cpu profile); every RTAAS_* variable that it or docker/Dockerfile sets is
 # one rtaas reads and the README documents; every service's command is an rtaas command that
 # build/rtaas accepts; and the Dockerfile builds with the CI's steps, `make deps` then `make`.
-# What it cannot show: that the image builds and runs (that needs an engine and the network).
+# What it cannot show: that the image builds and runs (that needs an engine and the network);
+# tests/suites/compose_run.sh runs the services of the compose file in namespaces.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 B=${B:-build}
@@ -119,6 +120,9 @@ for s in rt:
         check("ports" not in d and "container_name" not in d, f"{s}: no host port or container_name (either would stop --scale {s}=N)", d.get("ports"))
         hc = d.get("healthcheck") or {}
         check(hc.get("disable") is True or hc.get("test") in (["NONE"], "NONE"), f"{s}: the image's HTTP health check is off (a worker serves no HTTP)", hc)
+        g = str(d.get("stop_grace_period", "10s"))
+        secs = sum(int(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in re.findall(r"(\d+)([hms])", g))
+        check(secs >= 30, f"{s}: stop_grace_period of at least 30 s (a CPU step may outlast Docker's 10 s)", g)
 
 api = svcs["api"]
 check(api.get("command") == ["serve", "--no-workers"], "api: command rtaas serve --no-workers", api.get("command"))
