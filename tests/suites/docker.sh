@@ -193,6 +193,9 @@ check("8080" in (last("EXPOSE") or "").split(), "Dockerfile: EXPOSE 8080", last(
 ep = last("ENTRYPOINT") or ""
 check(ep.replace(" ", "") in ('["rtaas"]', '["/usr/local/bin/rtaas"]'), "Dockerfile: ENTRYPOINT rtaas", ep)
 check(any(i == "COPY" and "--from=build" in a and "build/rtaas" in a for i, a in final), "Dockerfile: the runtime stage copies build/rtaas from the build stage")
+cp_at = next((k for k, (i, a) in enumerate(final) if i == "COPY" and "build/rtaas" in a), len(final))
+check(any(i == "RUN" and re.match(r"rtaas info\b", a) for i, a in final[cp_at:]),
+      "Dockerfile: the runtime stage runs `rtaas info` after the copy (every library loads, or the build fails)")
 # the build steps: every make run in the build stage, in order, must be `make deps` then `make`
 makes = []
 for i, a in instr[:len(instr) - len(final)]:
