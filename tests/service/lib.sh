@@ -210,6 +210,50 @@ wait_job() {
   done
 }
 
+# ---- the common small workload -----------------------------------------------------------------
+
+# svc_datasets DIR [npz]: uploads DIR's IDX pair (sets DS) and, with npz, DIR/data.npz (sets DN):
+# the files tests/service/mkdata.py writes; each upload is a check.
+# shellcheck disable=SC2034 # DS, DN, BB and BBJOB are for the suites
+svc_datasets() {
+  req POST /v1/datasets -F name=tiny -F "images=@$1/images-idx3-ubyte.gz" -F "labels=@$1/labels-idx1-ubyte.gz"
+  expect 201 "upload an IDX pair"
+  DS=$(jf id)
+  if [[ ${2:-} == npz ]]; then
+    req POST "/v1/datasets?name=npz" -H 'Content-Type: application/octet-stream' --data-binary "@$1/data.npz"
+    expect 201 "upload an .npz"
+    DN=$(jf id)
+  fi
+}
+
+# svc_backbone PER_CLASS PARAMS EVAL: trains the natural small CNN on classes 0-4 of $DS
+# (PER_CLASS images each, tested on the same classes) with PARAMS (a JSON object) and EVAL (the
+# member "eval": {...}); waits up to 300 s. Sets BB, BBJOB and JOB_STATUS; the suite ends unless
+# the job succeeded.
+# shellcheck disable=SC2034
+svc_backbone() {
+  json_post /v1/backbones "{\"name\": \"src\", \"method\": \"natural\", \"arch\": \"smallcnn\", \"seed\": 1,
+    \"dataset\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4], \"per_class\": $1},
+    \"test\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4]}, \"params\": $2, $3}"
+  expect 202 "train a small backbone"
+  BB=$(jf id) BBJOB=$(jf job)
+  wait_job "$BBJOB" 300
+  is "$JOB_STATUS" succeeded "the backbone's job succeeds"
+  [[ $JOB_STATUS == succeeded ]] || { req_detail | sed 's/^/#   /'; svc_finish; }
+}
+
+# svc_long_lwf EVAL: queues an LwF transfer from $BB long enough to interrupt (classes 5-9 of
+# $DN, 300 images each, 40 epochs: some 30 s on one CPU thread), a checkpoint every 2 s; sets T.
+# shellcheck disable=SC2034
+svc_long_lwf() {
+  json_post /v1/transfers "{\"backbone\": \"$BB\", \"method\": \"lwf\", \"seed\": 5,
+    \"dataset\": {\"id\": \"$DN\", \"classes\": [5, 6, 7, 8, 9], \"per_class\": 300},
+    \"test\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9]},
+    \"params\": {\"epochs\": 40, \"checkpoint_seconds\": 2}, $1}"
+  expect 202 "queue a long lwf transfer"
+  T=$(jf id)
+}
+
 # ---- server ---------------------------------------------------------------------------------
 
 pg_bin() { # the newest Debian PostgreSQL's bin dir

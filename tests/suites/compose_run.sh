@@ -39,7 +39,9 @@ D=$SVC_TMP/files
 
 # ---- the plan: what docker/compose.yaml and docker/Dockerfile say ---------------------------
 "$PY" - >"$CT/plan.sh" 2>"$CT/plan.err" <<'PY' || { not_ok "read docker/compose.yaml and docker/Dockerfile" "$(cat "$CT/plan.err")"; svc_finish; }
-import json, os, re, shlex, yaml
+import json, os, re, shlex, sys, yaml
+sys.path.insert(0, "tests/service")
+import dockerfile
 
 q = shlex.quote
 def arr(name, xs):
@@ -59,27 +61,12 @@ for name, s in doc["services"].items():
     arr(f"SVC_{n}_SECRETS", [x if isinstance(x, str) else x["source"] for x in s.get("secrets") or []])
     t = (s.get("healthcheck") or {}).get("test") or []
     print(f"SVC_{n}_HC={q(t[1] if t and t[0] == 'CMD-SHELL' else '')}")
-    g = str(s.get("stop_grace_period", "10s"))  # docker stop's grace: 1m30s, 60s, ...
-    grace = sum(int(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in re.findall(r"(\d+)([hms])", g))
-    print(f"SVC_{n}_GRACE={grace}")
+    print(f"SVC_{n}_GRACE={dockerfile.seconds(s.get('stop_grace_period', '10s'))}")  # docker stop's grace
 for name, s in (doc.get("secrets") or {}).items():
     print(f"SECRET_FILE_{name}={q(os.path.normpath(os.path.join('docker', s['file'])))}")
 arr("SECRETS", list(doc.get("secrets") or {}))
 
-# the Dockerfile's last stage: logical lines (continuations joined, comments dropped)
-lines, cur = [], ""
-for raw in open("docker/Dockerfile").read().splitlines():
-    if raw.lstrip().startswith("#") and not cur:
-        continue
-    if raw.rstrip().endswith("\\"):
-        cur += raw.rstrip()[:-1] + " "
-        continue
-    cur += raw
-    if cur.strip():
-        lines.append(cur.strip())
-    cur = ""
-instr = [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in lines]
-final = instr[max(k for k, (i, _) in enumerate(instr) if i == "FROM"):]
+final = dockerfile.final_stage(dockerfile.instructions("docker/Dockerfile"))
 env = []
 for i, a in final:
     if i == "ENV":
@@ -297,21 +284,9 @@ for w in w1 w2; do
   check $? "$w: its worker is named after the container (${CTR_HOST[$w]}:1:cpu)" "$(tail -n 5 "$CT/$w.log")"
 done
 
-req POST /v1/datasets -F name=tiny -F "images=@$D/images-idx3-ubyte.gz" -F "labels=@$D/labels-idx1-ubyte.gz"
-expect 201 "upload an IDX pair to the API node"
-DS=$(jf id)
-req POST "/v1/datasets?name=npz" -H 'Content-Type: application/octet-stream' --data-binary "@$D/data.npz"
-expect 201 "upload an .npz"
-DN=$(jf id)
+svc_datasets "$D" npz
 EVAL='"eval": {"eps": 0.1, "examples": 20, "gradient_maps": 2, "attacks": [{"kind": "pgd", "steps": 2}]}'
-json_post /v1/backbones "{\"name\": \"src\", \"method\": \"natural\", \"arch\": \"smallcnn\", \"seed\": 1,
-  \"dataset\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4], \"per_class\": 40},
-  \"test\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4]}, \"params\": {\"epochs\": 1}, $EVAL}"
-expect 202 "train a small backbone"
-BB=$(jf id) BBJOB=$(jf job)
-wait_job "$BBJOB" 300
-is "$JOB_STATUS" succeeded "the backbone's job succeeds on a worker"
-[[ $JOB_STATUS == succeeded ]] || svc_finish
+svc_backbone 40 '{"epochs": 1}' "$EVAL"
 # same_blob JOB ARTIFACT: the last body is the artifact's blob (its sha256 in the database)
 same_blob() {
   local want got
@@ -327,13 +302,7 @@ workers=$(psql_ct "SELECT DISTINCT worker FROM jobs WHERE worker IS NOT NULL")
 check $? "jobs ran on the worker-cpu containers only" "$workers"
 
 # ---- docker stop of the worker running a long job: the other replica finishes it --------------
-# lwf on 1500 images for 40 epochs, a checkpoint every 2 s (as tests/suites/service_crash.sh)
-json_post /v1/transfers "{\"backbone\": \"$BB\", \"method\": \"lwf\", \"seed\": 5,
-  \"dataset\": {\"id\": \"$DN\", \"classes\": [5, 6, 7, 8, 9], \"per_class\": 300},
-  \"test\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9]},
-  \"params\": {\"epochs\": 40, \"checkpoint_seconds\": 2}, $EVAL}"
-expect 202 "queue a long lwf transfer"
-T=$(jf id)
+svc_long_lwf "$EVAL"
 # running_on CONTAINERS... : waits (90 s) until T trains with a checkpoint stored, on a worker of
 # one of those containers, in an attempt after the first $MIN_ATT; prints the container's name
 MIN_ATT=0

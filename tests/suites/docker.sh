@@ -63,6 +63,8 @@ routes=""
 import glob, os, re, subprocess, sys
 import urllib.parse
 import yaml
+sys.path.insert(0, "tests/service")
+import dockerfile
 
 rtaas, routes = sys.argv[1], sys.argv[2]
 fails = 0
@@ -120,9 +122,8 @@ for s in rt:
         check("ports" not in d and "container_name" not in d, f"{s}: no host port or container_name (either would stop --scale {s}=N)", d.get("ports"))
         hc = d.get("healthcheck") or {}
         check(hc.get("disable") is True or hc.get("test") in (["NONE"], "NONE"), f"{s}: the image's HTTP health check is off (a worker serves no HTTP)", hc)
-        g = str(d.get("stop_grace_period", "10s"))
-        secs = sum(int(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in re.findall(r"(\d+)([hms])", g))
-        check(secs >= 30, f"{s}: stop_grace_period of at least 30 s (a CPU step may outlast Docker's 10 s)", g)
+        g = d.get("stop_grace_period", "10s")
+        check(dockerfile.seconds(g) >= 30, f"{s}: stop_grace_period of at least 30 s (a CPU step may outlast Docker's 10 s)", g)
 
 api = svcs["api"]
 check(api.get("command") == ["serve", "--no-workers"], "api: command rtaas serve --no-workers", api.get("command"))
@@ -166,22 +167,10 @@ for s, d in svcs.items():
     check(not lit, f"{s}: no secret as a literal value in its environment", lit)
 
 # ---- the Dockerfile ----
-df = open("docker/Dockerfile").read()
-lines, cur = [], ""
-for raw in df.splitlines():
-    if raw.lstrip().startswith("#") and not cur:
-        continue
-    if raw.rstrip().endswith("\\"):
-        cur += raw.rstrip()[:-1] + " "
-        continue
-    cur += raw
-    if cur.strip():
-        lines.append(cur.strip())
-    cur = ""
-instr = [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in lines]
+instr = dockerfile.instructions("docker/Dockerfile")
 froms = [a for i, a in instr if i == "FROM"]
 check(len(froms) >= 2 and re.search(r"\bAS\s+build\b", froms[0], re.I), "Dockerfile: multi-stage, the first stage `AS build`", froms)
-final = instr[max(k for k, (i, _) in enumerate(instr) if i == "FROM"):]
+final = dockerfile.final_stage(instr)
 def last(kind):
     v = [a for i, a in final if i == kind]
     return v[-1] if v else None

@@ -19,30 +19,12 @@ svc_start
 KEY=$(svc_key crash) || svc_finish
 
 # ---- the data and a backbone ----------------------------------------------------------------
-req POST /v1/datasets -F name=tiny -F "images=@$D/images-idx3-ubyte.gz" -F "labels=@$D/labels-idx1-ubyte.gz"
-expect 201 "upload an IDX pair"
-DS=$(jf id)
-req POST "/v1/datasets?name=npz" -H 'Content-Type: application/octet-stream' --data-binary "@$D/data.npz"
-expect 201 "upload an .npz"
-DN=$(jf id)
+svc_datasets "$D" npz
 EVAL='"eval": {"eps": 0.1, "examples": 50, "gradient_maps": 4, "attacks": [{"kind": "pgd", "steps": 2}]}'
-json_post /v1/backbones "{\"name\": \"src\", \"method\": \"natural\", \"arch\": \"smallcnn\", \"seed\": 1,
-  \"dataset\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4], \"per_class\": 40}, \"test\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4]},
-  \"params\": {\"epochs\": 1}, $EVAL}"
-expect 202 "train a backbone: 202"
-BB=$(jf id) BBJOB=$(jf job)
-wait_job "$BBJOB" 300
-is "$JOB_STATUS" succeeded "the backbone's job succeeds"
-[[ $JOB_STATUS == succeeded ]] || { req_detail | sed 's/^/#   /'; svc_finish; }
+svc_backbone 40 '{"epochs": 1}' "$EVAL"
 
 # ---- SIGKILL while a job runs ---------------------------------------------------------------
-# lwf on 1500 images for 40 epochs: some 30 s on one CPU thread; a checkpoint every 2 s
-json_post /v1/transfers "{\"backbone\": \"$BB\", \"method\": \"lwf\", \"seed\": 5,
-  \"dataset\": {\"id\": \"$DN\", \"classes\": [5, 6, 7, 8, 9], \"per_class\": 300},
-  \"test\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9]},
-  \"params\": {\"epochs\": 40, \"checkpoint_seconds\": 2}, $EVAL}"
-expect 202 "queue a long lwf transfer"
-T=$(jf id)
+svc_long_lwf "$EVAL"
 # wait until it trains and its checkpoint is in the database (jobs.checkpoint), or 30 s of training
 end=$((SECONDS + 120)) trained=""
 while ((SECONDS < end)); do

@@ -51,17 +51,9 @@ check $? "without RTAAS_SIGNING_KEY(_FILE) the server warns that links use a ran
 
 # ---- a finished transfer to link to (small: 200 images, the small CNN, 2 epochs) -------------
 KEY=$KA
-req POST /v1/datasets -F name=tiny -F "images=@$D/images-idx3-ubyte.gz" -F "labels=@$D/labels-idx1-ubyte.gz"
-expect 201 "upload an IDX pair"
-DS=$(jf id)
+svc_datasets "$D"
 EVAL='"eval": {"eps": 0.1, "examples": 20, "gradient_maps": 2, "attacks": [{"kind": "pgd", "steps": 2}]}'
-json_post /v1/backbones "{\"name\": \"src\", \"method\": \"natural\", \"arch\": \"smallcnn\", \"seed\": 1,
-  \"dataset\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4], \"per_class\": 20},
-  \"test\": {\"id\": \"$DS\", \"classes\": [0, 1, 2, 3, 4]}, \"params\": {\"epochs\": 1, \"lr\": 0.05, \"batch_size\": 32}, $EVAL}"
-expect 202 "train a small backbone"
-BB=$(jf id) BBJOB=$(jf job)
-wait_job "$BBJOB" 300
-is "$JOB_STATUS" succeeded "the backbone's training succeeds"
+svc_backbone 20 '{"epochs": 1, "lr": 0.05, "batch_size": 32}' "$EVAL"
 json_post /v1/transfers "{\"backbone\": \"$BB\", \"method\": \"linear\", \"seed\": 2,
   \"dataset\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9], \"per_class\": 20},
   \"test\": {\"id\": \"$DS\", \"classes\": [5, 6, 7, 8, 9]}, \"params\": {\"epochs\": 2, \"batch_size\": 32}, $EVAL}"
