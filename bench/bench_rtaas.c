@@ -134,24 +134,9 @@ static eng_status ctx_open(eng_ctx **ctx, const bench_opts *o, eng_conv_algo con
     return eng_ctx_new(ctx, &(eng_ctx_opts){.device = o->device, .threads = o->threads, .conv = conv, .math = o->math});
 }
 
-/* Waits until the device has finished the work queued on the context, so that a step's time
- * includes it. The engine has no call of its own for that; a download waits for the context's
- * stream, so downloading the model's smallest parameter (fc.bias) is one. Nothing on the CPU. */
-static eng_status sync_model(eng_model *m)
-{
-    eng_ctx *ctx = eng_model_ctx(m);
-    if (eng_ctx_device(ctx) == ENG_DEV_CPU)
-        return ENG_OK;
-    eng_param *p = eng_model_find(m, "fc.bias");
-    if (!p)
-        p = eng_model_param(m, eng_model_num_params(m) - 1);
-    eng_tensor h = ENG_TENSOR_INIT;
-    eng_status s = eng_tensor_alloc_host(&h, p->value.ndim, p->value.dim, ENG_LAYOUT_NCHW);
-    if (s == ENG_OK)
-        s = eng_ctx_download(ctx, &h, &p->value);
-    eng_tensor_cleanup(&h);
-    return s;
-}
+/* Waits until the device has finished the work queued on the model's context, so that a step's
+ * time includes it. */
+static eng_status sync_model(eng_model *m) { return eng_ctx_sync(eng_model_ctx(m)); }
 
 static const char *math_name(eng_math m)
 {

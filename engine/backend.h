@@ -15,6 +15,7 @@ typedef struct eng_backend {
     void (*tensor_free)(eng_ctx *ctx, eng_tensor *t);
     eng_status (*upload)(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *host_src);
     eng_status (*download)(eng_ctx *ctx, eng_tensor *host_dst, const eng_tensor *src);
+    eng_status (*sync)(eng_ctx *ctx); /* NULL: the backend works synchronously */
 
     eng_status (*conv2d_fwd)(eng_ctx *, eng_tensor *, const eng_tensor *, const eng_tensor *, const eng_tensor *,
                              const eng_conv_desc *, eng_op_cache *);

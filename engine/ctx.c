@@ -141,3 +141,8 @@ eng_status eng_ctx_download(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src
         return eng_fail(ENG_ERR_ARG, "download: destination must be a host tensor");
     return ctx->be->download(ctx, dst, src);
 }
+
+eng_status eng_ctx_sync(eng_ctx *ctx)
+{
+    return ctx->be->sync ? ctx->be->sync(ctx) : ENG_OK;
+}

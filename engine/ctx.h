@@ -57,6 +57,11 @@ void eng_ctx_tensor_free(eng_ctx *ctx, eng_tensor *t);
 eng_status eng_ctx_upload(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *host_src);
 eng_status eng_ctx_download(eng_ctx *ctx, eng_tensor *host_dst, const eng_tensor *src);
 
+/* Waits until the device has finished the work queued on the context (a timing's end, say).
+ * Returns the error of any of that work which failed; on the CPU, which works synchronously, it
+ * returns at once. */
+eng_status eng_ctx_sync(eng_ctx *ctx);
+
 /* Number of CUDA devices usable by this build (0 without CUDA or without a GPU). */
 int eng_cuda_device_count(void);
 

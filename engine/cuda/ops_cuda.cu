@@ -481,6 +481,12 @@ static eng_status cu_upload(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src
     return cu_check(cudaStreamSynchronize(im->stream), "upload");
 }
 
+static eng_status cu_sync(eng_ctx *ctx)
+{
+    CU_TRY(cu_enter(ctx));
+    return cu_check(cudaStreamSynchronize(cu_of(ctx)->stream), "cudaStreamSynchronize");
+}
+
 static eng_status cu_download(eng_ctx *ctx, eng_tensor *dst, const eng_tensor *src)
 {
     CU_TRY(cu_enter(ctx));
@@ -657,6 +663,7 @@ extern "C" const eng_backend eng_cuda_backend = {
     .tensor_free = cu_tensor_free,
     .upload = cu_upload,
     .download = cu_download,
+    .sync = cu_sync,
     .conv2d_fwd = cu_conv2d_fwd,
     .conv2d_bwd_data = cu_conv2d_bwd_data,
     .conv2d_bwd_filter = cu_conv2d_bwd_filter,

@@ -232,6 +232,7 @@ static void test_transfers(void)
             eng_tensor_alloc_host(&back, 4, d, hs[b]);
             eng_tensor_copy_host(&h, &p.c);
             REQUIRE_OK(eng_ctx_upload(gpu, &p.g, &h));
+            CHECK(eng_ctx_sync(gpu) == ENG_OK && eng_ctx_sync(cpu) == ENG_OK); /* a queue to wait for, or none */
             CMP(gpu, &p, 0.0, "upload from host %s into %s", lname(hs[b]), lname(ls[a]));
             REQUIRE_OK(eng_ctx_download(gpu, &back, &p.g));
             CHECK(memcmp(back.data, h.data, (size_t)eng_tensor_storage(&h) * sizeof(float)) == 0);
