@@ -177,6 +177,8 @@ typedef struct result {
     bool *wrong;
 } result;
 
+static bool stop_asked(const eng_attack_spec *a) { return a->cancelled && a->cancelled(a->cancel_user); }
+
 static eng_status run_pgd(eng_model *m, ws *w, const eng_attack_spec *a, const eng_tensor *x, const int32_t *labels,
                           uint64_t seed, eng_tensor *cur, eng_tensor *grad, eng_tensor *best, result *r,
                           double *lt, bool *wt, bool *take, int32_t *idx)
@@ -190,6 +192,8 @@ static eng_status run_pgd(eng_model *m, ws *w, const eng_attack_spec *a, const e
     for (int64_t n = 0; n < N; n++)
         r->loss[n] = -INFINITY, r->wrong[n] = false;
     for (int t = 0; t <= a->steps; t++) {
+        if (stop_asked(a))
+            return eng_fail(ENG_ERR_CANCELLED, "attack: cancelled at step %d of %d", t, a->steps);
         bool last = t == a->steps;
         TRY(probe(m, w, a, cur, labels, lt, wt, last ? NULL : grad));
         if (a->best) {
@@ -251,6 +255,10 @@ static eng_status run_apgd(eng_model *m, ws *w, const eng_attack_spec *a, const 
     T(eng_copy(ctx, &b->old, &b->cur));
     int k = n_iter_2, counter3 = 0;
     for (int i = 0; i < n_iter; i++) {
+        if (stop_asked(a)) {
+            st = eng_fail(ENG_ERR_CANCELLED, "attack: cancelled at step %d of %d", i, n_iter);
+            goto out;
+        }
         /* x_next = P(x + a (z - x) + (1 - a)(x - x_old)), a = 1 on the first step */
         T(eng_apgd_step(ctx, &b->next, &b->cur, &b->old, &b->grad, x, step, a->eps, i > 0 ? 0.75f : 1.0f));
         T(eng_copy(ctx, &b->old, &b->cur));

@@ -27,6 +27,10 @@ typedef struct eng_attack_spec {
     bool best;         /* PGD/CW: return the highest-loss iterate instead of the last */
     float kappa;       /* CW confidence margin */
     uint64_t seed;
+    /* Polled before each step (NULL: never). When it returns true, the attack stops and returns
+     * ENG_ERR_CANCELLED: a worker told to stop need not wait for a whole attack of a batch. */
+    bool (*cancelled)(void *user);
+    void *cancel_user;
 } eng_attack_spec;
 
 /* Sensible defaults for a kind: PGD/CW with a random start and alpha = max(2.5 eps / steps,

@@ -1283,6 +1283,8 @@ static eng_status run_eval(run_state *r)
     eng_status s = eng_eval_new(&r->ev, r->K, j->attacks, j->n_attacks);
     if (s != ENG_OK)
         return s;
+    for (int i = 0; i < r->ev->n_attacks; i++) /* a stop need not wait for a batch's attacks */
+        r->ev->attacks[i].cancelled = r->h->cancelled, r->ev->attacks[i].cancel_user = r->h->user;
     eng_source src;
     ds_source dss;
     ds_source_init(&src, &dss, d, r->c, r->size, r->size, 0, false, r->K);
@@ -1362,6 +1364,7 @@ static eng_status run_gradients(run_state *r)
         eng_attack_defaults(&a, ENG_ATTACK_PGD, j->eval_eps, 20);
         a.seed = j->seed;
     }
+    a.cancelled = r->h->cancelled, a.cancel_user = r->h->user;
     if ((s = eng_attack_run(r->model, &a, &x, labels, &xa, NULL, NULL)) != ENG_OK ||
         (s = eng_ctx_download(r->ctx, &ha, &xa)) != ENG_OK)
         goto out;

@@ -382,6 +382,59 @@ static void attack_losses(void)
 }
 
 /* Refusals, each with ENG_ERR_ARG and a message naming what is wrong. */
+/* A cancel hook that says stop at its `at`-th poll (0: never), counting the polls. */
+typedef struct cancel_after {
+    int at, polls;
+} cancel_after;
+
+static bool cancel_hook(void *user)
+{
+    cancel_after *c = user;
+    return ++c->polls == c->at;
+}
+
+/* The attacks poll eng_attack_spec.cancelled before each step: asked to stop at the 4th poll,
+ * PGD, CW and APGD return ENG_ERR_CANCELLED having polled 4 times (the step they were at is in
+ * the message); a hook that never says stop is polled once a step (PGD: steps + 1 probes) and
+ * leaves the result as without it. */
+static void attack_cancel(void)
+{
+    enum { N = 4, STEPS = 10 };
+    eng_model *m = NULL;
+    eng_tensor x = ENG_TENSOR_INIT, xa = ENG_TENSOR_INIT, xb = ENG_TENSOR_INIT;
+    int32_t labels[N] = {0, 3, 9, 1};
+    bool fa[N], fb[N];
+    float la[N], lb[N];
+    REQUIRE_OK(new_smallcnn(10, &m));
+    REQUIRE_OK(eng_tensor_alloc4(&x, N, 1, 28, 28));
+    REQUIRE_OK(eng_tensor_alloc4(&xa, N, 1, 28, 28));
+    REQUIRE_OK(eng_tensor_alloc4(&xb, N, 1, 28, 28));
+    for (int64_t i = 0; i < eng_tensor_numel(&x); i++)
+        x.data[i] = eng_uniform(5, (uint64_t)i);
+    const eng_attack_kind kinds[3] = {ENG_ATTACK_PGD, ENG_ATTACK_CW, ENG_ATTACK_APGD_CE};
+    for (int k = 0; k < 3; k++) {
+        eng_attack_spec a;
+        eng_attack_defaults(&a, kinds[k], EPS, STEPS);
+        a.seed = 7;
+        cancel_after stop = {.at = 4}, never = {.at = 0};
+        a.cancelled = cancel_hook, a.cancel_user = &stop;
+        eng_status s = eng_attack_run(m, &a, &x, labels, &xa, fa, la);
+        CHECKF(s == ENG_ERR_CANCELLED && stop.polls == 4 && strstr(eng_last_error(), "cancelled at step"),
+               "%s: %s after %d polls: %s", eng_attack_name(kinds[k]), eng_strerror(s), stop.polls, eng_last_error());
+        a.cancel_user = &never;
+        REQUIRE_OK(eng_attack_run(m, &a, &x, labels, &xa, fa, la));
+        const int want = kinds[k] == ENG_ATTACK_APGD_CE ? STEPS : STEPS + 1;
+        CHECKF(never.polls == want, "%s: %d polls, want %d", eng_attack_name(kinds[k]), never.polls, want);
+        a.cancelled = NULL, a.cancel_user = NULL;
+        REQUIRE_OK(eng_attack_run(m, &a, &x, labels, &xb, fb, lb));
+        CHECKF(!memcmp(xa.data, xb.data, (size_t)eng_tensor_numel(&xa) * sizeof(float)) && !memcmp(fa, fb, sizeof fa) &&
+                   !memcmp(la, lb, sizeof la),
+               "%s: the hook changed the result", eng_attack_name(kinds[k]));
+    }
+    eng_model_free(m);
+    eng_tensor_cleanup(&x), eng_tensor_cleanup(&xa), eng_tensor_cleanup(&xb);
+}
+
 static void bad_arguments(void)
 {
     enum { N = 4 };
@@ -922,6 +975,7 @@ int main(void)
     T_RUN(parse_kind);
     T_RUN(attack_losses);
     T_RUN(bad_arguments);
+    T_RUN(attack_cancel);
     T_RUN(load_fashion_mnist);
     T_RUN(train_natural);
     T_RUN(natural_model_broken);

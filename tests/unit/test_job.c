@@ -149,6 +149,52 @@ static void job_math_on_cpu(void)
     json_decref(rep);
 }
 
+/* A stop asked in the middle of an evaluation batch ends the job there (ENG_ERR_CANCELLED, which
+ * a stopping worker answers by putting the job back in the queue), not after the batch's
+ * attacks: one batch of 64 under PGD-200 here; the hook says stop at its 5th poll after the
+ * training's last step (the batch's start, then a step of the attack). */
+typedef struct stop_in_eval {
+    bool trained, eval_done;
+    int polls;
+} stop_in_eval;
+
+static void sie_progress(void *user, const char *phase, int64_t done, int64_t total)
+{
+    stop_in_eval *c = user;
+    c->trained |= !strcmp(phase, "train") && done == total;
+    c->eval_done |= !strcmp(phase, "eval");
+}
+
+static bool sie_cancelled(void *user)
+{
+    stop_in_eval *c = user;
+    return c->trained && ++c->polls == 5;
+}
+
+static void job_stop_in_eval(void)
+{
+    char *text = spec_text(NULL, 32, 64);
+    json_t *sp = json_loads(text, 0, NULL);
+    free(text);
+    json_t *atk = json_array_get(json_object_get(json_object_get(sp, "eval"), "attacks"), 0);
+    json_object_set_new(atk, "steps", json_integer(200));
+    text = json_dumps(sp, JSON_COMPACT);
+    json_decref(sp);
+    char field[160], out[700];
+    eng_job *job = NULL;
+    REQUIRE_OK(parse(text, &job, field, sizeof field));
+    free(text);
+    snprintf(out, sizeof out, "%s/stop", tdir);
+    stop_in_eval c = {0};
+    eng_job_hooks h = {.progress = sie_progress, .cancelled = sie_cancelled, .user = &c, .out_dir = out, .device = "cpu"};
+    eng_status s = eng_job_run(job, &h, NULL);
+    eng_job_free(job);
+    CHECKF(s == ENG_ERR_CANCELLED && strstr(eng_last_error(), "attack: cancelled at step"), "%s: %s", eng_strerror(s),
+           eng_last_error());
+    CHECKF(c.trained && c.polls == 5 && !c.eval_done, "trained %d, polls %d, an evaluation batch done %d", c.trained,
+           c.polls, c.eval_done);
+}
+
 /* A card too small for the batches asked: training and evaluation run out of device memory,
  * run again at half their batch until they fit, and the job succeeds and says what it did. */
 static void job_oom_retry(void)
@@ -218,6 +264,7 @@ int main(void)
     (void)t_shared_data;
     T_RUN(job_math_parse);
     T_RUN(job_math_on_cpu);
+    T_RUN(job_stop_in_eval);
     T_RUN(job_oom_retry);
     if (!t_total_failed) {
         char cmd[700];
