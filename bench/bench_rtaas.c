@@ -138,20 +138,6 @@ static eng_status ctx_open(eng_ctx **ctx, const bench_opts *o, eng_conv_algo con
  * time includes it. */
 static eng_status sync_model(eng_model *m) { return eng_ctx_sync(eng_model_ctx(m)); }
 
-static const char *math_name(eng_math m)
-{
-    switch (m) {
-    case ENG_MATH_FP32:
-        return "fp32";
-    case ENG_MATH_TF32:
-        return "tf32";
-    case ENG_MATH_BF16:
-        return "bf16";
-    default:
-        return "default";
-    }
-}
-
 /* ---- whole-model cases ---- */
 
 typedef enum { KIND_FWD, KIND_PGD, KIND_TRAIN } case_kind;
@@ -389,7 +375,7 @@ static eng_status accuracy(eng_ctx *ctx, const eng_tensor *logits, const int32_t
  * per step, sanity. */
 static void print_row(const char *name, const bench_opts *o, double ms, int images, const char *sanity)
 {
-    printf("rtaas_row %s %s %.3f %d %s\n", name, math_name(o->math), ms, images, sanity);
+    printf("rtaas_row %s %s %.3f %d %s\n", name, eng_math_name(o->math), ms, images, sanity);
 }
 
 /* PGD-20, random start, summed cross-entropy, eval mode, last iterate (Madry et al.): at l_inf
@@ -917,7 +903,7 @@ static int run_r50_case(const struct r50_case *rc50, const bench_opts *o)
                  sum, asum);
         print_result(rc50->name, ctx, &t, extra, sanity);
         print_row(rc50->name, o, t.med, (int)n, sanity);
-        printf("rtaas_row %s.fwd %s %.3f %d %s\n", rc50->name, math_name(o->math), fwd_ms, batch, sanity);
+        printf("rtaas_row %s.fwd %s %.3f %d %s\n", rc50->name, eng_math_name(o->math), fwd_ms, batch, sanity);
     } else {
         if (!isfinite(s.loss))
             sanity = "BAD-loss";
@@ -1105,16 +1091,12 @@ static void usage(void)
             MIN_ITERS, FEAT_BATCHES, LWF_STEPS);
 }
 
+/* --math: a name eng_math_name gives ("default" included) */
 static int parse_math(const char *v, eng_math *m)
 {
-    static const struct {
-        const char *name;
-        eng_math math;
-    } names[] = {
-        {"fp32", ENG_MATH_FP32}, {"tf32", ENG_MATH_TF32}, {"bf16", ENG_MATH_BF16}, {"default", ENG_MATH_DEFAULT}};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(v, names[i].name) == 0) {
-            *m = names[i].math;
+    for (eng_math i = ENG_MATH_DEFAULT; i <= ENG_MATH_BF16; i++)
+        if (strcmp(v, eng_math_name(i)) == 0) {
+            *m = i;
             return 0;
         }
     return -1;

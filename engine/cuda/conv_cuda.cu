@@ -378,20 +378,20 @@ static eng_status conv_widen(eng_ctx *ctx, eng_tensor *out, const __nv_bfloat16 
     return cu_launched("widen bfloat16");
 }
 
-/* The (data, layout) pairs a convolution tries in turn until cuDNN takes one: the output's
- * layout, then NCHW (cuDNN has less for NHWC with few channels); BF16 contexts try bfloat16
- * tensors first, then the rounded FP32 ones. Returns how many (at most 4). */
-static int conv_attempts(const eng_ctx *ctx, eng_layout out, conv_data *data, eng_layout *layout)
+/* Runs attempt(layout, data) on the pairs a convolution tries in turn until cuDNN takes one
+ * (a status other than ENG_ERR_UNSUPPORTED): the output's layout, then NCHW (cuDNN has less for
+ * NHWC with few channels); BF16 contexts try bfloat16 tensors first, then the rounded FP32 ones. */
+template <typename F> static eng_status conv_attempts(const eng_ctx *ctx, eng_layout out, F attempt)
 {
     const bool bf16 = ctx->opts.math == ENG_MATH_BF16;
-    int n = 0;
-    for (int i = 0; i < (bf16 ? 2 : 1); i++) {
+    eng_status s = ENG_ERR_UNSUPPORTED;
+    for (int i = 0; i < (bf16 ? 2 : 1) && s == ENG_ERR_UNSUPPORTED; i++) {
         const conv_data d = !bf16 ? DATA_F32 : i == 0 ? DATA_BF16 : DATA_BF16_ROUNDED;
-        data[n] = d, layout[n++] = out;
-        if (out != ENG_LAYOUT_NCHW)
-            data[n] = d, layout[n++] = ENG_LAYOUT_NCHW;
+        s = attempt(out, d);
+        if (s == ENG_ERR_UNSUPPORTED && out != ENG_LAYOUT_NCHW)
+            s = attempt(ENG_LAYOUT_NCHW, d);
     }
-    return n;
+    return s;
 }
 
 /* y = relu(y + b[c]) after an unfused convolution. */
@@ -477,13 +477,8 @@ eng_status cu_conv2d_fwd(eng_ctx *ctx, eng_tensor *y, const eng_tensor *x, const
     CU_TRY(cu_enter(ctx));
     CU_TRY(refuse_blocked(x, y, "conv2d_fwd"));
     conv_cache *cc = cache_of(cache);
-    conv_data data[4];
-    eng_layout lay[4];
-    const int n = conv_attempts(ctx, y->layout, data, lay);
-    eng_status s = ENG_ERR_UNSUPPORTED;
-    for (int i = 0; i < n && s == ENG_ERR_UNSUPPORTED; i++)
-        s = fwd_in(ctx, lay[i], data[i], y, x, w, b, d, cc);
-    return s;
+    return conv_attempts(ctx, y->layout,
+                         [&](eng_layout L, conv_data data) { return fwd_in(ctx, L, data, y, x, w, b, d, cc); });
 }
 
 /* ---- backward data ---- */
@@ -526,13 +521,9 @@ eng_status cu_conv2d_bwd_data(eng_ctx *ctx, eng_tensor *dx, const eng_tensor *dy
     CU_TRY(cu_enter(ctx));
     CU_TRY(refuse_blocked(dx, dy, "conv2d_bwd_data"));
     conv_cache *cc = cache_of(cache);
-    conv_data data[4];
-    eng_layout lay[4];
-    const int n = conv_attempts(ctx, dy->layout, data, lay);
-    eng_status s = ENG_ERR_UNSUPPORTED;
-    for (int i = 0; i < n && s == ENG_ERR_UNSUPPORTED; i++)
-        s = bwd_data_in(ctx, lay[i], data[i], dx, dy, w, d, accumulate, cc);
-    return s;
+    return conv_attempts(ctx, dy->layout, [&](eng_layout L, conv_data data) {
+        return bwd_data_in(ctx, L, data, dx, dy, w, d, accumulate, cc);
+    });
 }
 
 /* ---- backward filter and bias ---- */
@@ -582,12 +573,9 @@ eng_status cu_conv2d_bwd_filter(eng_ctx *ctx, eng_tensor *dw, eng_tensor *db, co
     CU_TRY(cu_enter(ctx));
     CU_TRY(refuse_blocked(x, dy, "conv2d_bwd_filter"));
     conv_cache *cc = cache_of(cache);
-    conv_data data[4];
-    eng_layout lay[4];
-    const int n = conv_attempts(ctx, dy->layout, data, lay);
-    eng_status s = ENG_ERR_UNSUPPORTED;
-    for (int i = 0; i < n && s == ENG_ERR_UNSUPPORTED; i++)
-        s = bwd_filter_in(ctx, lay[i], data[i], dw, x, dy, d, accumulate, cc);
+    const eng_status s = conv_attempts(ctx, dy->layout, [&](eng_layout L, conv_data data) {
+        return bwd_filter_in(ctx, L, data, dw, x, dy, d, accumulate, cc);
+    });
     if (s != ENG_OK || !db)
         return s;
     /* the bias gradient is a sum of the FP32 dy in every mode */

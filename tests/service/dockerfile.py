@@ -24,6 +24,12 @@ def final_stage(instr):
     return instr[max(k for k, (i, _) in enumerate(instr) if i == "FROM"):]
 
 
+def last(instr, kind):
+    """The arguments of the last KIND instruction in instr, or None."""
+    args = [a for i, a in instr if i == kind]
+    return args[-1] if args else None
+
+
 def seconds(duration):
     """A compose duration (1m30s, 60s, 2h) in seconds."""
     return sum(int(v) * {"h": 3600, "m": 60, "s": 1}[u] for v, u in re.findall(r"(\d+)([hms])", str(duration)))

@@ -73,7 +73,7 @@ for i, a in final:
         toks = shlex.split(a)
         env += toks if "=" in toks[0] else [toks[0] + "=" + " ".join(toks[1:])]
 arr("IMG_ENV", env)
-last = lambda kind: [a for i, a in final if i == kind][-1]
+last = lambda kind: dockerfile.last(final, kind)
 user = last("USER").split(":")[0]
 m = next(re.search(r"useradd\b[^&;]*?--uid\s+(\d+)[^&;]*?--home-dir\s+(\S+)[^&;]*\s" + re.escape(user) + r"\b", a)
          for i, a in final if i == "RUN" and "useradd" in a)

@@ -172,8 +172,7 @@ froms = [a for i, a in instr if i == "FROM"]
 check(len(froms) >= 2 and re.search(r"\bAS\s+build\b", froms[0], re.I), "Dockerfile: multi-stage, the first stage `AS build`", froms)
 final = dockerfile.final_stage(instr)
 def last(kind):
-    v = [a for i, a in final if i == kind]
-    return v[-1] if v else None
+    return dockerfile.last(final, kind)
 user = last("USER")
 check(user is not None and user.split(":")[0] not in ("root", "0"), "Dockerfile: the runtime stage runs as a non-root user", user)
 hc = last("HEALTHCHECK") or ""

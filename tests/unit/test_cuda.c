@@ -131,26 +131,30 @@ static long pair_zero_mismatch(eng_ctx *g, const pair *p)
     return bad;
 }
 
-#define CMP(g, p, tol, ...)                                                                                            \
+/* The last comparison's tag and relative error (negative: it could not be made). */
+static char cmp_tag[160];
+static double cmp_err;
+
+/* Prints a relative error `err` under the tag the format after makes, then `note`, and checks
+ * that it was measured and is at most `bound`. The other comparisons below are this one. */
+#define CMP_ERR(err, bound, note, ...)                                                                                 \
     do {                                                                                                               \
-        char tag_[160];                                                                                                \
-        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
-        double e_ = pair_err(g, p);                                                                                    \
-        printf("# %-52s rel err %.3g\n", tag_, e_);                                                                    \
-        CHECKF(e_ >= 0 && e_ <= (tol), "%s: rel err %.3g > %.1g", tag_, e_, tol);                                      \
+        snprintf(cmp_tag, sizeof cmp_tag, __VA_ARGS__);                                                                \
+        cmp_err = (err);                                                                                               \
+        const double b_ = (bound);                                                                                     \
+        printf("# %-52s rel err %.3g%s\n", cmp_tag, cmp_err, note);                                                    \
+        CHECKF(cmp_err >= 0 && cmp_err <= b_, "%s: rel err %.3g > %.2g", cmp_tag, cmp_err, b_);                        \
     } while (0)
+
+#define CMP(g, p, tol, ...) CMP_ERR(pair_err(g, p), tol, "", __VA_ARGS__)
 
 /* CMP for the result of a convolution or GEMM: on the BF16 context the error must also reach
  * BF16_MIN_ERR (not with --cpu, where no context rounds). */
 #define CMP_ROUNDED(g, p, tol, ...)                                                                                    \
     do {                                                                                                               \
-        char tag_[160];                                                                                                \
-        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
-        double e_ = pair_err(g, p);                                                                                    \
-        printf("# %-52s rel err %.3g\n", tag_, e_);                                                                    \
-        CHECKF(e_ >= 0 && e_ <= (tol), "%s: rel err %.3g > %.1g", tag_, e_, tol);                                      \
-        CHECKF((g) != gpu_bf16 || cpu_only || e_ >= BF16_MIN_ERR,                                                      \
-               "%s: rel err %.3g < %.1g: the operands were not rounded to bfloat16", tag_, e_, BF16_MIN_ERR);          \
+        CMP(g, p, tol, __VA_ARGS__);                                                                                   \
+        CHECKF((g) != gpu_bf16 || cpu_only || cmp_err >= BF16_MIN_ERR,                                                 \
+               "%s: rel err %.3g < %.1g: the operands were not rounded to bfloat16", cmp_tag, cmp_err, BF16_MIN_ERR);  \
     } while (0)
 
 /* Runs `call` on the CPU (with the .c copies) and the GPU (with the .g copies). */
@@ -885,14 +889,7 @@ static double dev_err(eng_ctx *g, const eng_tensor *gt, const eng_tensor *ct)
     return e;
 }
 
-#define CMPDEV(g, gt, ct, tol, ...)                                                                                    \
-    do {                                                                                                               \
-        char tag_[160];                                                                                                \
-        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
-        double e_ = dev_err(g, gt, ct);                                                                                \
-        printf("# %-52s rel err %.3g\n", tag_, e_);                                                                    \
-        CHECKF(e_ >= 0 && e_ <= (tol), "%s: rel err %.3g > %.1g", tag_, e_, tol);                                      \
-    } while (0)
+#define CMPDEV(g, gt, ct, tol, ...) CMP_ERR(dev_err(g, gt, ct), tol, "", __VA_ARGS__)
 
 /* Train-mode gradients through batch norm at initialisation are ill-conditioned: float32's
  * rounding grows by about 1e5 on the way back (PyTorch's own float32 gradients of resnet20 differ
@@ -902,11 +899,11 @@ static double dev_err(eng_ctx *g, const eng_tensor *gt, const eng_tensor *ct)
  * between the CPU's two paths (`alt`, computed on cpu_gemm), and never below `tol`. */
 #define CMPGRAD(g, gt, ct, alt, tol, ...)                                                                              \
     do {                                                                                                               \
-        char tag_[160];                                                                                                \
-        snprintf(tag_, sizeof tag_, __VA_ARGS__);                                                                      \
-        double e_ = dev_err(g, gt, ct), s_ = dev_err(cpu_gemm, alt, ct), b_ = fmax(tol, 3 * s_);                       \
-        printf("# %-52s rel err %.3g (float32 spread %.2g, bound %.2g)\n", tag_, e_, s_, b_);                          \
-        CHECKF(e_ >= 0 && s_ >= 0 && e_ <= b_, "%s: rel err %.3g > %.2g", tag_, e_, b_);                               \
+        const double spread_ = dev_err(cpu_gemm, alt, ct), gbound_ = fmax(tol, 3 * spread_);                           \
+        char note_[64];                                                                                                \
+        snprintf(note_, sizeof note_, " (float32 spread %.2g, bound %.2g)", spread_, gbound_);                         \
+        CHECKF(spread_ >= 0, "the float32 spread could not be measured");                                              \
+        CMP_ERR(dev_err(g, gt, ct), gbound_, note_, __VA_ARGS__);                                                      \
     } while (0)
 
 /* Eval logits (and, with gtol > 0, the input gradient to within gtol); with `train`, also

@@ -792,6 +792,31 @@ static void cols(int Q, int stride, int pad, int s, int W, int *q0, int *q1)
         *q1 = Q;
 }
 
+/* Every tap of a convolution with input x [N,C,H,W], filter w [K,C,R,S] and output y [N,K,P,Q]:
+ * for output row p of image n and channel k, input channel ch and filter tap (r, u) reading
+ * input row h inside the image, f(n, k, ch, r, u, p, h, q0, q1) with the output columns
+ * [q0, q1) whose input column q * v - pw + u is inside too. Loops n, k, ch, r, u, p: every
+ * element of x, y or w then receives its terms in the same order as the direct loop of its
+ * own convolution would give them. */
+template <typename F>
+static void conv_taps(cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t c,
+                      cudnnTensorDescriptor_t y, F f)
+{
+    for (int n = 0; n < x->n; n++)
+        for (int k = 0; k < y->c; k++)
+            for (int ch = 0; ch < x->c; ch++)
+                for (int r = 0; r < w->r; r++)
+                    for (int u = 0; u < w->s; u++) {
+                        int q0, q1;
+                        cols(y->w, c->v, c->pw, u, x->w, &q0, &q1);
+                        for (int p = 0; p < y->h; p++) {
+                            const int h = p * c->u - c->ph + r;
+                            if (h >= 0 && h < x->h)
+                                f(n, k, ch, r, u, p, h, q0, q1);
+                        }
+                    }
+}
+
 /* The three convolutions on NCHW/KCRS floats, summed in Acc: double for FLOAT data (as exact as
  * the emulation can be), float for BFLOAT16 data (the pseudo-bfloat16 configuration's FP32
  * accumulation; a product of two bfloat16 values is exact in float). Results in NCHW (KCRS). */
@@ -801,26 +826,13 @@ static std::vector<Acc> conv_fwd(cudnnTensorDescriptor_t x, const float *X, cudn
 {
     const int C = x->c, H = x->h, Wd = x->w, K = y->c, P = y->h, Q = y->w, R = w->r, S = w->s;
     std::vector<Acc> out(tcount(y), (Acc)0);
-    for (int n = 0; n < y->n; n++)
-        for (int k = 0; k < K; k++) {
-            Acc *o = &out[((size_t)n * K + k) * P * Q];
-            for (int ch = 0; ch < C; ch++)
-                for (int r = 0; r < R; r++)
-                    for (int u = 0; u < S; u++) {
-                        const Acc wv = Wt[(((size_t)k * C + ch) * R + r) * S + u];
-                        int q0, q1;
-                        cols(Q, c->v, c->pw, u, Wd, &q0, &q1);
-                        for (int p = 0; p < P; p++) {
-                            const int h = p * c->u - c->ph + r;
-                            if (h < 0 || h >= H)
-                                continue;
-                            const float *xr = &X[(((size_t)n * C + ch) * H + h) * Wd];
-                            Acc *orow = &o[(size_t)p * Q];
-                            for (int q = q0; q < q1; q++)
-                                orow[q] += wv * xr[q * c->v - c->pw + u];
-                        }
-                    }
-        }
+    conv_taps(x, w, c, y, [&](int n, int k, int ch, int r, int u, int p, int h, int q0, int q1) {
+        const Acc wv = Wt[(((size_t)k * C + ch) * R + r) * S + u];
+        const float *xr = &X[(((size_t)n * C + ch) * H + h) * Wd];
+        Acc *orow = &out[(((size_t)n * K + k) * P + p) * Q];
+        for (int q = q0; q < q1; q++)
+            orow[q] += wv * xr[q * c->v - c->pw + u];
+    });
     return out;
 }
 
@@ -830,26 +842,13 @@ static std::vector<Acc> conv_bwd_data(cudnnFilterDescriptor_t w, const float *Wt
 {
     const int C = dx->c, H = dx->h, Wd = dx->w, K = dy->c, P = dy->h, Q = dy->w, R = w->r, S = w->s;
     std::vector<Acc> out(tcount(dx), (Acc)0);
-    for (int n = 0; n < dx->n; n++)
-        for (int ch = 0; ch < C; ch++) {
-            Acc *o = &out[((size_t)n * C + ch) * H * Wd];
-            for (int k = 0; k < K; k++)
-                for (int r = 0; r < R; r++)
-                    for (int u = 0; u < S; u++) {
-                        const Acc wv = Wt[(((size_t)k * C + ch) * R + r) * S + u];
-                        int q0, q1;
-                        cols(Q, c->v, c->pw, u, Wd, &q0, &q1);
-                        for (int p = 0; p < P; p++) {
-                            const int h = p * c->u - c->ph + r;
-                            if (h < 0 || h >= H)
-                                continue;
-                            const float *g = &G[(((size_t)n * K + k) * P + p) * Q];
-                            Acc *orow = &o[(size_t)h * Wd];
-                            for (int q = q0; q < q1; q++)
-                                orow[q * c->v - c->pw + u] += wv * g[q];
-                        }
-                    }
-        }
+    conv_taps(dx, w, c, dy, [&](int n, int k, int ch, int r, int u, int p, int h, int q0, int q1) {
+        const Acc wv = Wt[(((size_t)k * C + ch) * R + r) * S + u];
+        const float *g = &G[(((size_t)n * K + k) * P + p) * Q];
+        Acc *orow = &out[(((size_t)n * C + ch) * H + h) * Wd];
+        for (int q = q0; q < q1; q++)
+            orow[q * c->v - c->pw + u] += wv * g[q];
+    });
     return out;
 }
 
@@ -859,25 +858,13 @@ static std::vector<Acc> conv_bwd_filter(cudnnTensorDescriptor_t x, const float *
 {
     const int C = x->c, H = x->h, Wd = x->w, K = dy->c, P = dy->h, Q = dy->w, R = w->r, S = w->s;
     std::vector<Acc> out(fcount(w), (Acc)0);
-    for (int k = 0; k < K; k++)
-        for (int ch = 0; ch < C; ch++)
-            for (int r = 0; r < R; r++)
-                for (int u = 0; u < S; u++) {
-                    Acc acc = 0;
-                    int q0, q1;
-                    cols(Q, c->v, c->pw, u, Wd, &q0, &q1);
-                    for (int n = 0; n < x->n; n++)
-                        for (int p = 0; p < P; p++) {
-                            const int h = p * c->u - c->ph + r;
-                            if (h < 0 || h >= H)
-                                continue;
-                            const float *xr = &X[(((size_t)n * C + ch) * H + h) * Wd];
-                            const float *g = &G[(((size_t)n * K + k) * P + p) * Q];
-                            for (int q = q0; q < q1; q++)
-                                acc += (Acc)xr[q * c->v - c->pw + u] * g[q];
-                        }
-                    out[(((size_t)k * C + ch) * R + r) * S + u] = acc;
-                }
+    conv_taps(x, w, c, dy, [&](int n, int k, int ch, int r, int u, int p, int h, int q0, int q1) {
+        const float *xr = &X[(((size_t)n * C + ch) * H + h) * Wd];
+        const float *g = &G[(((size_t)n * K + k) * P + p) * Q];
+        Acc &acc = out[(((size_t)k * C + ch) * R + r) * S + u];
+        for (int q = q0; q < q1; q++)
+            acc += (Acc)xr[q * c->v - c->pw + u] * g[q];
+    });
     return out;
 }
 
